@@ -1,0 +1,162 @@
+//! The command line: argument parsing and the output of each subcommand.
+//!
+//! Human output goes to stderr (progress) and stdout (a plan, a graph); `--json` puts the
+//! machine-readable result on stdout with stable field names. Every command returns an
+//! [`ExitCode`] or an [`Error`] that maps to one (SPEC.md, "Exit codes").
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::context::{Access, CACHE_ENV, Context, Options};
+use crate::error::{Error, ExitCode, Result};
+use crate::exec::{self, BuildOptions, LocalExecutor, Outcome};
+use crate::plan::{self, Status};
+
+#[derive(Debug, Parser)]
+#[command(name = "edgebuild", version, about = "Reproducible, gated pipelines that ship ML models to edge devices")]
+pub struct Cli {
+    /// Run as if started in DIR (any directory inside the workspace).
+    #[arg(short = 'C', long = "dir", global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The cache directory (default: `cache/` in the workspace).
+    #[arg(long, global = true, env = CACHE_ENV, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what a build would do and why, without running anything.
+    Plan {
+        /// Pipelines (file stems), stage ids (PIPELINE:STAGE) or stage names; default all.
+        targets: Vec<String>,
+        /// Print the plan as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Exit with code 1 when anything would run or be restored (for CI).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build stale stages in dependency order and write the lock files.
+    Build {
+        /// Pipelines (file stems), stage ids (PIPELINE:STAGE) or stage names; default all.
+        targets: Vec<String>,
+        /// Stages to run at once (default: the number of CPUs).
+        #[arg(short, long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Keep building independent stages after a failure.
+        #[arg(short = 'k', long)]
+        keep_going: bool,
+        /// Print the result of every stage as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the stage graph.
+    Dag {
+        #[arg(long, value_enum, default_value_t = DagFormat::Dot)]
+        format: DagFormat,
+    },
+    /// Remove cache entries that no lock file in `pipelines/` refers to.
+    Gc,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DagFormat {
+    Dot,
+    Mermaid,
+}
+
+/// Parses arguments and runs the command.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let options = Options {
+        dir: cli.dir.clone(),
+        cache_dir: cli.cache_dir.clone(),
+    };
+    match cli.command {
+        Command::Plan { targets, json, check } => {
+            let ctx = Context::open(&options, Access::Read)?;
+            let selected = ctx.select(&targets)?;
+            let plans = plan::plan(&ctx, &selected);
+            ctx.save_stat_cache();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "stages": plans })).expect("plans serialize"));
+            } else {
+                print!("{}", plan::render(&ctx, &plans));
+            }
+            let stale = plans.iter().any(|p| p.status != Status::UpToDate);
+            Ok(if check && stale { ExitCode::WouldRun } else { ExitCode::Ok })
+        }
+        Command::Build {
+            targets,
+            jobs,
+            keep_going,
+            json,
+        } => {
+            let ctx = Context::open(&options, Access::Write)?;
+            let selected = ctx.select(&targets)?;
+            let jobs = jobs
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1);
+            let started = std::time::Instant::now();
+            let report = exec::build(&ctx, &selected, BuildOptions { jobs, keep_going }, &LocalExecutor)
+                .map_err(|e| Error::io("lock files", e))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("reports serialize"));
+            }
+            eprintln!(
+                "Build: {} ran, {} restored, {} up to date, {} failed, {} gate(s) failed, {} blocked in {:.2}s",
+                report.count(Outcome::Ran),
+                report.count(Outcome::Restored),
+                report.count(Outcome::UpToDate),
+                report.count(Outcome::Failed),
+                report.count(Outcome::GateFailed),
+                report.count(Outcome::Blocked) + report.count(Outcome::NotStarted),
+                started.elapsed().as_secs_f64()
+            );
+            let failed = report.with_outcome(Outcome::Failed);
+            if !failed.is_empty() {
+                return Err(Error::StagesFailed {
+                    failed: failed.len(),
+                    stages: failed.join(", "),
+                });
+            }
+            let gates = report.with_outcome(Outcome::GateFailed);
+            if !gates.is_empty() {
+                return Err(Error::GatesFailed { stages: gates.join(", ") });
+            }
+            Ok(ExitCode::Ok)
+        }
+        Command::Dag { format } => {
+            let ctx = Context::open(&options, Access::Read)?;
+            print!(
+                "{}",
+                crate::graph::render(&ctx.ws, &ctx.graph, matches!(format, DagFormat::Mermaid))
+            );
+            Ok(ExitCode::Ok)
+        }
+        Command::Gc => {
+            let ctx = Context::open(&options, Access::Write)?;
+            let keep: BTreeSet<_> = ctx
+                .locks
+                .iter()
+                .flatten()
+                .flat_map(|lock| lock.stages.values().map(|s| s.key))
+                .collect();
+            let report = ctx.store.gc(&keep)?;
+            eprintln!(
+                "gc: removed {} action entr{} and {} blob{}, freed {} bytes; kept {} entr{} referenced by lock files",
+                report.actions,
+                if report.actions == 1 { "y" } else { "ies" },
+                report.blobs,
+                if report.blobs == 1 { "" } else { "s" },
+                report.bytes,
+                keep.len(),
+                if keep.len() == 1 { "y" } else { "ies" },
+            );
+            Ok(ExitCode::Ok)
+        }
+    }
+}

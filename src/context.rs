@@ -1,0 +1,260 @@
+//! An opened workspace: its validated pipelines, graph, cache, stat cache and lock files.
+//!
+//! Opening takes the workspace lock (`.edgebuild/lock`): exclusive for commands that write
+//! (`build`, `gc`), shared for those that only read (`plan`), so a second build waits for the
+//! first instead of corrupting anything. This module also turns a stage and its input hashes
+//! into [`Ingredients`], the one place where a key is assembled.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::hash::{Digest, StatCache};
+use crate::key::{Ingredients, InputIngredient, OpIdentity};
+use crate::lock::{LockFile, LockedStage};
+use crate::spec::{Action, Stage, Workspace};
+use crate::store::Store;
+
+/// The directory under the workspace root for state that is local to this checkout.
+pub const STATE_DIR: &str = ".edgebuild";
+/// Environment variable that overrides the cache directory.
+pub const CACHE_ENV: &str = "EDGEBUILD_CACHE_DIR";
+
+/// Where to find the workspace and its cache.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A directory inside the workspace (default: the current directory).
+    pub dir: Option<PathBuf>,
+    /// The cache directory (default: `cache/` under the workspace root).
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+pub struct Context {
+    pub ws: Workspace,
+    pub graph: Graph,
+    pub store: Store,
+    pub stat: StatCache,
+    /// One per pipeline, in [`Workspace::pipelines`] order.
+    pub locks: Vec<Option<LockFile>>,
+    tool_versions: Mutex<BTreeMap<String, String>>,
+    _workspace_lock: File,
+}
+
+impl Context {
+    pub fn open(options: &Options, access: Access) -> Result<Context> {
+        let start = match &options.dir {
+            Some(dir) => dir.clone(),
+            None => std::env::current_dir().map_err(|e| Error::io(".", e))?,
+        };
+        let root = Workspace::find_root(&start)?;
+        let workspace_lock = lock_workspace(&root, access)?;
+        let ws = Workspace::load(&root)?;
+        let graph = Graph::build(&ws)?;
+        let cache_dir = match &options.cache_dir {
+            Some(dir) if dir.is_absolute() => dir.clone(),
+            Some(dir) => start.join(dir),
+            None => root.join("cache"),
+        };
+        let store = Store::open(&cache_dir)?;
+        let stat = StatCache::load(&root.join(STATE_DIR).join("stat-cache.json"));
+        let mut locks = Vec::new();
+        for pipeline in &ws.pipelines {
+            let path = root.join(pipeline.lock_file());
+            let lock = LockFile::read(&path).map_err(|message| {
+                Error::usage(
+                    format!("cannot read lock file {}: {message}", pipeline.lock_file()),
+                    Some("delete it to rebuild from scratch, or restore it from git".into()),
+                )
+            })?;
+            locks.push(lock);
+        }
+        Ok(Context {
+            ws,
+            graph,
+            store,
+            stat,
+            locks,
+            tool_versions: Mutex::new(BTreeMap::new()),
+            _workspace_lock: workspace_lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.ws.root
+    }
+
+    pub fn save_stat_cache(&self) {
+        // The stat cache is an optimisation: failing to save it costs speed, not correctness.
+        let _ = self
+            .stat
+            .save(&self.ws.root.join(STATE_DIR).join("stat-cache.json"));
+    }
+
+    /// The lock entry of a stage, if its pipeline's lock has one.
+    pub fn locked(&self, stage: usize) -> Option<&LockedStage> {
+        let stage = &self.ws.stages[stage];
+        self.locks[stage.pipeline].as_ref()?.stages.get(&stage.name)
+    }
+
+    /// Resolves command-line targets (pipeline names, `PIPELINE:STAGE` ids or unique stage
+    /// names) to the stages they need, in topological order. No targets: every stage.
+    pub fn select(&self, targets: &[String]) -> Result<Vec<usize>> {
+        if targets.is_empty() {
+            return Ok(self.graph.order.clone());
+        }
+        let mut roots = Vec::new();
+        for target in targets {
+            let target = target
+                .trim_end_matches(".yaml")
+                .trim_end_matches(".yml")
+                .trim_start_matches("pipelines/");
+            if let Some(p) = self.ws.pipelines.iter().position(|p| p.name == target) {
+                roots.extend(
+                    self.ws
+                        .stages
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.pipeline == p)
+                        .map(|(i, _)| i),
+                );
+                continue;
+            }
+            if let Some(i) = self.ws.stage_index(target) {
+                roots.push(i);
+                continue;
+            }
+            let by_name: Vec<usize> = (0..self.ws.stages.len())
+                .filter(|&i| self.ws.stages[i].name == target)
+                .collect();
+            match by_name.as_slice() {
+                [one] => roots.push(*one),
+                [] => {
+                    let candidates = self
+                        .ws
+                        .pipelines
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .chain(self.ws.stages.iter().map(|s| s.id.as_str()));
+                    let help = crate::spec::did_you_mean(target, candidates)
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .or_else(|| Some("name a pipeline (file stem), a stage id PIPELINE:STAGE or a stage name".into()));
+                    return Err(Error::usage(format!("no pipeline or stage named `{target}`"), help));
+                }
+                many => {
+                    let ids: Vec<&str> = many.iter().map(|&i| self.ws.stages[i].id.as_str()).collect();
+                    return Err(Error::usage(
+                        format!("stage name `{target}` is ambiguous"),
+                        Some(format!("use one of: {}", ids.join(", "))),
+                    ));
+                }
+            }
+        }
+        Ok(self.graph.closure(&roots))
+    }
+
+    /// Runs a declared tool version command once per process and remembers its output.
+    fn tool_version(&self, command: &str) -> String {
+        if let Some(v) = self.tool_versions.lock().expect("tool cache poisoned").get(command) {
+            return v.clone();
+        }
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(&self.ws.root)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .output();
+        let version = match output {
+            Ok(out) if out.status.success() => {
+                let text = if out.stdout.is_empty() { out.stderr } else { out.stdout };
+                String::from_utf8_lossy(&text).trim().to_string()
+            }
+            Ok(out) => format!("(failed: {})", out.status),
+            Err(e) => format!("(failed: {e})"),
+        };
+        self.tool_versions
+            .lock()
+            .expect("tool cache poisoned")
+            .insert(command.to_string(), version.clone());
+        version
+    }
+
+    /// The ingredients of a stage given the hashes of its inputs.
+    pub fn ingredients(&self, stage: &Stage, inputs: BTreeMap<String, InputIngredient>) -> Ingredients {
+        let (cmd, op, fingerprint) = match &stage.action {
+            Action::Cmd(template) => (Some(template.clone()), None, BTreeMap::new()),
+            Action::Op { name, version } => (
+                None,
+                Some(OpIdentity {
+                    name: name.clone(),
+                    version: *version,
+                }),
+                crate::ops::find(name).map(|op| op.fingerprint()).unwrap_or_default(),
+            ),
+        };
+        Ingredients {
+            cmd,
+            op,
+            params: stage.params.clone(),
+            inputs,
+            outputs: stage
+                .outputs
+                .iter()
+                .map(|p| (p.name.clone(), p.path.clone()))
+                .collect(),
+            env: stage
+                .env
+                .iter()
+                .map(|name| {
+                    let value = std::env::var_os(name);
+                    let hash = value.map(|v| Digest::of_bytes(v.as_encoded_bytes()));
+                    (name.clone(), hash)
+                })
+                .collect(),
+            tools: stage
+                .tools
+                .iter()
+                .map(|(name, command)| (name.clone(), self.tool_version(command)))
+                .collect(),
+            fingerprint,
+        }
+    }
+}
+
+fn lock_workspace(root: &Path, access: Access) -> Result<File> {
+    let dir = root.join(STATE_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let path = dir.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    let attempt = match access {
+        Access::Write => file.try_lock(),
+        Access::Read => file.try_lock_shared(),
+    };
+    match attempt {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            eprintln!("waiting for another edgebuild process in this workspace to finish...");
+            match access {
+                Access::Write => file.lock(),
+                Access::Read => file.lock_shared(),
+            }
+            .map_err(|e| Error::io(&path, e))?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    Ok(file)
+}

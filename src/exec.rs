@@ -1,0 +1,622 @@
+//! The scheduler and the executors: running stale stages in dependency order, in parallel.
+//!
+//! The scheduler hands a ready stage to a worker on a rayon pool of `-j N` threads. The worker
+//! hashes the stage's inputs, asks [`plan::decide`] what to do, and then skips it (up to date),
+//! restores its outputs from the cache, or runs it through an [`Executor`] and stores its
+//! outputs. Early cutoff falls out of the keys: a dependent whose inputs hash as before is up to
+//! date. A failed stage blocks its dependents; without `--keep-going` nothing new starts after a
+//! failure. Nothing is cached for a stage that did not finish, and lock files are rewritten at
+//! the end with only what is true on disk.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::context::Context;
+use crate::hash::{Digest, PathHash};
+use crate::key::StaleReason;
+use crate::lock::{GateVerdict, LockFile, LockedOutput, LockedStage};
+use crate::ops::{OpContext, OpOutcome};
+use crate::plan::{self, Decision, InputProblem, Produced};
+use crate::spec::{Action, Stage};
+use crate::store::{ActionEntry, remove_path};
+
+/// A stage as an executor sees it: everything it may read and must write (DECISIONS 26).
+pub struct Job<'a> {
+    pub stage: &'a Stage,
+    pub root: &'a Path,
+    /// The expanded command of a `cmd` stage.
+    pub command: Option<String>,
+    /// Declared environment variables that are set.
+    pub env: Vec<(String, OsString)>,
+}
+
+/// A finished job.
+pub struct ExecSuccess {
+    pub outcome: OpOutcome,
+    /// Lines to show the user (a gate's checks, for example).
+    pub log: Vec<String>,
+}
+
+/// A job that failed, with the end of what it printed.
+pub struct ExecFailure {
+    pub message: String,
+    pub log_tail: Vec<String>,
+}
+
+/// Runs a job. Local today; a sandbox and a remote executor implement the same interface.
+pub trait Executor: Sync {
+    fn execute(&self, job: &Job) -> Result<ExecSuccess, ExecFailure>;
+}
+
+/// Runs `cmd` stages with `sh -c` in the workspace root, with only `PATH` and the declared
+/// environment variables set, and ops in-process.
+pub struct LocalExecutor;
+
+/// Lines of a failing command's output shown in the error.
+const LOG_TAIL_LINES: usize = 20;
+
+fn tail(bytes: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+impl Executor for LocalExecutor {
+    fn execute(&self, job: &Job) -> Result<ExecSuccess, ExecFailure> {
+        match &job.stage.action {
+            Action::Cmd(_) => {
+                let command = job.command.as_deref().unwrap_or_default();
+                let output = Command::new("sh")
+                    .arg("-c")
+                    .arg(command)
+                    .current_dir(job.root)
+                    .env_clear()
+                    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                    .envs(job.env.iter().map(|(k, v)| (k, v)))
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .map_err(|e| ExecFailure {
+                        message: format!("cannot start sh: {e}"),
+                        log_tail: Vec::new(),
+                    })?;
+                if output.status.success() {
+                    Ok(ExecSuccess {
+                        outcome: OpOutcome::Success,
+                        log: Vec::new(),
+                    })
+                } else {
+                    let mut log_tail = tail(&output.stderr);
+                    if log_tail.is_empty() {
+                        log_tail = tail(&output.stdout);
+                    }
+                    Err(ExecFailure {
+                        message: format!("command failed ({})", output.status),
+                        log_tail,
+                    })
+                }
+            }
+            Action::Op { name, .. } => {
+                let op = crate::ops::find(name).ok_or_else(|| ExecFailure {
+                    message: format!("unknown op `{name}`"),
+                    log_tail: Vec::new(),
+                })?;
+                let paths = |ports: &[crate::spec::Port]| -> BTreeMap<String, PathBuf> {
+                    ports.iter().map(|p| (p.name.clone(), job.root.join(&p.path))).collect()
+                };
+                let ctx = OpContext {
+                    stage_id: &job.stage.id,
+                    inputs: paths(&job.stage.inputs),
+                    outputs: paths(&job.stage.outputs),
+                    params: &job.stage.params,
+                    log: Default::default(),
+                };
+                let result = op.run(&ctx);
+                let log = ctx.log.into_inner().unwrap_or_default();
+                match result {
+                    Ok(outcome) => Ok(ExecSuccess { outcome, log }),
+                    Err(message) => Err(ExecFailure {
+                        message,
+                        log_tail: log,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// What happened to one stage in a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    UpToDate,
+    Restored,
+    Ran,
+    Failed,
+    GateFailed,
+    /// A dependency failed.
+    Blocked,
+    /// Not started because the build stopped after a failure (no `--keep-going`).
+    NotStarted,
+}
+
+impl Outcome {
+    /// Whether dependents may proceed.
+    pub fn succeeded(self) -> bool {
+        matches!(self, Outcome::UpToDate | Outcome::Restored | Outcome::Ran)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageResult {
+    pub stage: String,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<Digest>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<StaleReason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<String>,
+    pub duration_ms: u64,
+    #[serde(skip)]
+    outputs: Option<Arc<BTreeMap<String, PathHash>>>,
+    #[serde(skip)]
+    locked: Option<LockedStage>,
+}
+
+impl StageResult {
+    fn new(stage: &Stage, outcome: Outcome) -> StageResult {
+        StageResult {
+            stage: stage.id.clone(),
+            outcome,
+            key: None,
+            reasons: Vec::new(),
+            error: None,
+            log: Vec::new(),
+            blocked_by: None,
+            duration_ms: 0,
+            outputs: None,
+            locked: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOptions {
+    pub jobs: usize,
+    pub keep_going: bool,
+}
+
+/// The result of a build, in topological order.
+#[derive(Debug, Serialize)]
+pub struct BuildReport {
+    pub stages: Vec<StageResult>,
+}
+
+impl BuildReport {
+    pub fn count(&self, outcome: Outcome) -> usize {
+        self.stages.iter().filter(|s| s.outcome == outcome).count()
+    }
+
+    pub fn with_outcome(&self, outcome: Outcome) -> Vec<&str> {
+        self.stages
+            .iter()
+            .filter(|s| s.outcome == outcome)
+            .map(|s| s.stage.as_str())
+            .collect()
+    }
+}
+
+/// Progress for humans on stderr: a bar on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {wide_msg}")
+                    .expect("valid template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Progress { bar }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn advance(&self, running: &[String]) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            bar.set_message(running.join(", "));
+        }
+    }
+
+    fn set_running(&self, running: &[String]) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(running.join(", "));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn describe(result: &StageResult) -> Option<String> {
+    let seconds = result.duration_ms as f64 / 1000.0;
+    let why = || {
+        let reasons: Vec<String> = result.reasons.iter().map(ToString::to_string).collect();
+        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) }
+    };
+    let mut text = match result.outcome {
+        Outcome::UpToDate | Outcome::NotStarted => return None,
+        Outcome::Ran => format!("ran      {} in {seconds:.2}s{}", result.stage, why()),
+        Outcome::Restored => format!("restored {}{}", result.stage, why()),
+        Outcome::GateFailed => format!("GATE FAILED {}", result.stage),
+        Outcome::Failed => format!(
+            "FAILED   {}: {}",
+            result.stage,
+            result.error.as_deref().unwrap_or("failed")
+        ),
+        Outcome::Blocked => format!(
+            "blocked  {} (by {})",
+            result.stage,
+            result.blocked_by.as_deref().unwrap_or("?")
+        ),
+    };
+    for line in &result.log {
+        text.push_str("\n    ");
+        text.push_str(line);
+    }
+    Some(text)
+}
+
+/// Builds the selected stages (in topological order) and rewrites the lock files.
+pub fn build(
+    ctx: &Context,
+    selected: &[usize],
+    options: BuildOptions,
+    executor: &dyn Executor,
+) -> std::io::Result<BuildReport> {
+    let n = ctx.ws.stages.len();
+    let mut in_build = vec![false; n];
+    for &s in selected {
+        in_build[s] = true;
+    }
+    let mut waiting: Vec<usize> = (0..n)
+        .map(|s| if in_build[s] { ctx.graph.deps(s).filter(|(d, _)| in_build[*d]).count() } else { 0 })
+        .collect();
+    let mut results: Vec<Option<StageResult>> = vec![None; n];
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<(usize, usize)>> = selected
+        .iter()
+        .filter(|&&s| waiting[s] == 0)
+        .map(|&s| std::cmp::Reverse((ctx.graph.rank[s], s)))
+        .collect();
+    let progress = Progress::new(selected.len());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(options.jobs.max(1))
+        .thread_name(|i| format!("edgebuild-worker-{i}"))
+        .build()
+        .map_err(std::io::Error::other)?;
+    let (tx, rx) = mpsc::channel::<(usize, StageResult)>();
+    let mut running: Vec<usize> = Vec::new();
+    let mut stopped = false;
+
+    pool.in_place_scope(|scope| {
+        loop {
+            while !stopped && running.len() < options.jobs.max(1) {
+                let Some(std::cmp::Reverse((_, stage))) = ready.pop() else { break };
+                // A dependency that did not succeed blocks the stage.
+                let blocker = ctx
+                    .graph
+                    .deps(stage)
+                    .filter(|(d, _)| in_build[*d])
+                    .find(|(d, _)| !results[*d].as_ref().is_some_and(|r| r.outcome.succeeded()));
+                if let Some((dep, _)) = blocker {
+                    let mut result = StageResult::new(&ctx.ws.stages[stage], Outcome::Blocked);
+                    result.blocked_by = Some(ctx.ws.stages[dep].id.clone());
+                    tx.send((stage, result)).expect("receiver outlives the scope");
+                    running.push(stage);
+                    continue;
+                }
+                let upstream: BTreeMap<usize, Arc<BTreeMap<String, PathHash>>> = ctx
+                    .graph
+                    .deps(stage)
+                    .filter_map(|(d, _)| Some((d, results[d].as_ref()?.outputs.clone()?)))
+                    .collect();
+                let tx = tx.clone();
+                running.push(stage);
+                scope.spawn(move |_| {
+                    let result = process(ctx, stage, &upstream, executor);
+                    let _ = tx.send((stage, result));
+                });
+            }
+            progress.set_running(&running.iter().map(|&s| ctx.ws.stages[s].id.clone()).collect::<Vec<_>>());
+            if running.is_empty() {
+                break;
+            }
+            let (stage, result) = rx.recv().expect("a worker always reports");
+            running.retain(|&s| s != stage);
+            if matches!(result.outcome, Outcome::Failed | Outcome::GateFailed) && !options.keep_going {
+                stopped = true;
+            }
+            if let Some(text) = describe(&result) {
+                progress.line(&text);
+            }
+            results[stage] = Some(result);
+            progress.advance(&running.iter().map(|&s| ctx.ws.stages[s].id.clone()).collect::<Vec<_>>());
+            for next in ctx.graph.dependents(stage) {
+                if in_build[next] {
+                    waiting[next] -= 1;
+                    if waiting[next] == 0 {
+                        ready.push(std::cmp::Reverse((ctx.graph.rank[next], next)));
+                    }
+                }
+            }
+        }
+    });
+    progress.finish();
+    ctx.save_stat_cache();
+
+    let stages: Vec<StageResult> = selected
+        .iter()
+        .map(|&s| {
+            results[s]
+                .take()
+                .unwrap_or_else(|| StageResult::new(&ctx.ws.stages[s], Outcome::NotStarted))
+        })
+        .collect();
+    write_locks(ctx, &stages)?;
+    Ok(BuildReport { stages })
+}
+
+/// Rewrites each pipeline's lock: built stages get fresh entries, failed ones lose theirs (their
+/// outputs were removed), the rest keep what they had.
+fn write_locks(ctx: &Context, stages: &[StageResult]) -> std::io::Result<()> {
+    let mut locks: Vec<Option<LockFile>> = ctx.locks.clone();
+    let mut touched = vec![false; locks.len()];
+    for result in stages {
+        let index = ctx.ws.stage_index(&result.stage).expect("results name known stages");
+        let stage = &ctx.ws.stages[index];
+        let lock = locks[stage.pipeline].get_or_insert_with(|| LockFile::new(&ctx.ws.pipelines[stage.pipeline].name));
+        match (&result.locked, result.outcome) {
+            (Some(entry), _) => {
+                lock.stages.insert(stage.name.clone(), entry.clone());
+            }
+            (None, Outcome::Failed) => {
+                lock.stages.remove(&stage.name);
+            }
+            _ => {}
+        }
+        touched[stage.pipeline] = true;
+    }
+    for (p, lock) in locks.iter_mut().enumerate() {
+        let Some(lock) = lock else { continue };
+        if !touched[p] {
+            continue;
+        }
+        // Stages deleted from the pipeline file leave the lock too.
+        lock.stages
+            .retain(|name, _| ctx.ws.stage_index(&format!("{}:{name}", ctx.ws.pipelines[p].name)).is_some());
+        lock.toolchain = crate::lock::Toolchain::current();
+        lock.write_if_changed(&ctx.root().join(ctx.ws.pipelines[p].lock_file()))?;
+    }
+    Ok(())
+}
+
+/// Decides, and restores or runs, one stage whose dependencies have all succeeded.
+fn process(
+    ctx: &Context,
+    stage: usize,
+    upstream: &BTreeMap<usize, Arc<BTreeMap<String, PathHash>>>,
+    executor: &dyn Executor,
+) -> StageResult {
+    let started = Instant::now();
+    let spec = &ctx.ws.stages[stage];
+    let mut result = StageResult::new(spec, Outcome::Failed);
+    let inputs = plan::resolve_inputs(ctx, stage, |p| match upstream.get(&p) {
+        Some(outputs) => Produced::Known {
+            outputs,
+            on_disk: true,
+        },
+        None => Produced::Unknown,
+    });
+    let inputs = match inputs {
+        Ok(inputs) => inputs,
+        Err(InputProblem::Unreadable(path, why)) => {
+            result.error = Some(format!("cannot read input {path}: {why}"));
+            return result;
+        }
+        Err(InputProblem::Upstream(up)) => {
+            result.error = Some(format!("outputs of {up} are unknown (internal error)"));
+            return result;
+        }
+    };
+    let ingredients = ctx.ingredients(spec, inputs);
+    let key = ingredients.key();
+    result.key = Some(key);
+
+    let (outputs, gate_passed) = match plan::decide(ctx, stage, &ingredients, key) {
+        Decision::UpToDate { outputs, gate_failed } => {
+            result.outcome = if gate_failed { Outcome::GateFailed } else { Outcome::UpToDate };
+            (outputs, !gate_failed)
+        }
+        Decision::Restore { entry, reasons } => {
+            result.reasons = reasons;
+            match restore(ctx, stage, &entry) {
+                Ok(()) => {
+                    let passed = entry.gate_passed != Some(false);
+                    result.outcome = if passed { Outcome::Restored } else { Outcome::GateFailed };
+                    (entry.outputs, passed)
+                }
+                Err(_) => match run(ctx, stage, key, executor, &mut result) {
+                    Some(done) => done,
+                    None => return finish(result, started),
+                },
+            }
+        }
+        Decision::Run { reasons } => {
+            result.reasons = reasons;
+            match run(ctx, stage, key, executor, &mut result) {
+                Some(done) => done,
+                None => return finish(result, started),
+            }
+        }
+    };
+    let is_gate = match &spec.action {
+        Action::Op { name, .. } => crate::ops::find(name).is_some_and(|op| op.is_gate()),
+        Action::Cmd(_) => false,
+    };
+    let gate = is_gate.then_some(if gate_passed {
+        GateVerdict::Passed
+    } else {
+        GateVerdict::Failed
+    });
+    result.locked = Some(LockedStage {
+        key,
+        ingredients,
+        outputs: outputs
+            .iter()
+            .map(|(path, out)| {
+                (
+                    path.clone(),
+                    LockedOutput {
+                        hash: out.hash,
+                        size: out.size,
+                        volatile: spec.volatile,
+                    },
+                )
+            })
+            .collect(),
+        gate,
+    });
+    result.outputs = Some(Arc::new(outputs));
+    finish(result, started)
+}
+
+fn finish(mut result: StageResult, started: Instant) -> StageResult {
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    result
+}
+
+/// Materializes a cached entry's outputs, skipping those already on disk.
+fn restore(ctx: &Context, stage: usize, entry: &ActionEntry) -> Result<(), crate::store::StoreError> {
+    for port in &ctx.ws.stages[stage].outputs {
+        let Some(output) = entry.outputs.get(&port.path) else {
+            return Err(crate::store::StoreError::Corrupt {
+                hash: format!("{} (entry lacks output {})", entry.key, port.path),
+            });
+        };
+        let on_disk = ctx.stat.path(ctx.root(), &port.path).ok();
+        if on_disk.is_some_and(|d| d.hash == output.hash) {
+            continue;
+        }
+        ctx.store.materialize(output, &ctx.root().join(&port.path))?;
+    }
+    Ok(())
+}
+
+/// Runs a stage and stores its outputs. `None` when it failed (details in `result`).
+fn run(
+    ctx: &Context,
+    stage: usize,
+    key: Digest,
+    executor: &dyn Executor,
+    result: &mut StageResult,
+) -> Option<(BTreeMap<String, PathHash>, bool)> {
+    let spec = &ctx.ws.stages[stage];
+    for port in &spec.outputs {
+        let path = ctx.root().join(&port.path);
+        let prepared = remove_path(&path).and_then(|_| match path.parent() {
+            Some(parent) => std::fs::create_dir_all(parent),
+            None => Ok(()),
+        });
+        if let Err(e) = prepared {
+            result.error = Some(format!("cannot prepare output {}: {e}", port.path));
+            return None;
+        }
+    }
+    let command = match &spec.action {
+        Action::Cmd(template) => match crate::subst::expand(template, spec) {
+            Ok(command) => Some(command),
+            Err(problem) => {
+                result.error = Some(problem.message);
+                return None;
+            }
+        },
+        Action::Op { .. } => None,
+    };
+    let job = Job {
+        stage: spec,
+        root: ctx.root(),
+        command,
+        env: spec
+            .env
+            .iter()
+            .filter_map(|name| Some((name.clone(), std::env::var_os(name)?)))
+            .collect(),
+    };
+    let success = match executor.execute(&job) {
+        Ok(success) => success,
+        Err(failure) => {
+            result.error = Some(failure.message);
+            result.log = failure.log_tail;
+            return None;
+        }
+    };
+    result.log = success.log;
+    let mut outputs = BTreeMap::new();
+    for port in &spec.outputs {
+        match ctx.stat.path(ctx.root(), &port.path) {
+            Ok(hash) => {
+                outputs.insert(port.path.clone(), hash);
+            }
+            Err(_) => {
+                result.error = Some(format!("did not produce its output {}", port.path));
+                return None;
+            }
+        }
+    }
+    let gate_passed = success.outcome != OpOutcome::GateFailed;
+    let entry = ActionEntry {
+        key,
+        outputs,
+        gate_passed: (success.outcome == OpOutcome::GateFailed).then_some(false),
+    };
+    let stored = entry
+        .outputs
+        .iter()
+        .try_for_each(|(path, out)| ctx.store.put_output(out, &ctx.root().join(path)))
+        .and_then(|_| ctx.store.put_action(&entry));
+    if let Err(e) = stored {
+        result.error = Some(format!("cannot store outputs in the cache: {e}"));
+        return None;
+    }
+    result.outcome = if gate_passed { Outcome::Ran } else { Outcome::GateFailed };
+    Some((entry.outputs, gate_passed))
+}

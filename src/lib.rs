@@ -1,0 +1,23 @@
+//! edgebuild: reproducible, gated pipelines that ship ML models to edge devices.
+//!
+//! Pipelines are YAML files ([`spec`]) whose stages form one graph ([`graph`]). Each stage has a
+//! content-hashed key ([`key`], [`hash`]); [`plan`] decides what is stale and why, [`exec`] runs
+//! stale stages in parallel and restores the rest from the content-addressed [`store`], and
+//! [`lock`] records what was built. Built-in ML stages are [`ops`]; the engine knows nothing of
+//! what they compute.
+
+pub mod cli;
+pub mod context;
+pub mod error;
+pub mod exec;
+pub mod graph;
+pub mod hash;
+pub mod key;
+pub mod lock;
+pub mod ops;
+pub mod plan;
+pub mod spec;
+pub mod store;
+pub mod subst;
+
+pub use error::{Error, ExitCode, Result};

@@ -1,0 +1,23 @@
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    miette::set_hook(Box::new(|_| {
+        Box::new(
+            miette::MietteHandlerOpts::new()
+                .terminal_links(false)
+                .width(100)
+                .build(),
+        )
+    }))
+    .expect("the hook is set once");
+    let cli = edgebuild::cli::Cli::parse();
+    let code = match edgebuild::cli::run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            let code = error.exit_code();
+            eprintln!("{:?}", miette::Report::new(error));
+            code
+        }
+    };
+    std::process::ExitCode::from(code as u8)
+}

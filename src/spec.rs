@@ -1,0 +1,813 @@
+//! The pipeline format: parsing `pipelines/*.yaml` into validated stages.
+//!
+//! This module owns the YAML model (SPEC.md, "Pipeline files"), the workspace's file layout and
+//! every check that can be made without running anything: unknown keys, `cmd`/`op`, paths that
+//! escape the workspace, `${...}` references, duplicate outputs, inputs nobody provides, cycles.
+//! Each problem is a [`SpecError`] that points at the offending YAML. It does not hash, plan or
+//! run anything.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use miette::{Diagnostic, NamedSource, SourceSpan};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+use thiserror::Error;
+
+use crate::ops;
+
+/// The directory, under the workspace root, that holds pipeline files.
+pub const PIPELINES_DIR: &str = "pipelines";
+
+/// A problem in the pipeline files. Every variant that can point at YAML does.
+#[derive(Debug, Error, Diagnostic)]
+pub enum SpecError {
+    #[error("no workspace found: no `pipelines/` directory in {start} or any parent")]
+    #[diagnostic(
+        code(edgebuild::no_workspace),
+        help("run edgebuild inside a workspace (a directory holding `pipelines/`), or pass `-C DIR`")
+    )]
+    NoWorkspace { start: String },
+
+    #[error("cannot read {path}: {message}")]
+    #[diagnostic(code(edgebuild::read))]
+    Read { path: String, message: String },
+
+    #[error("{message}")]
+    #[diagnostic(code(edgebuild::yaml))]
+    Yaml {
+        message: String,
+        #[source_code]
+        src: NamedSource<String>,
+        #[label("here")]
+        span: SourceSpan,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("{message}")]
+    #[diagnostic(code(edgebuild::invalid_stage))]
+    Invalid {
+        message: String,
+        #[source_code]
+        src: NamedSource<String>,
+        #[label("{label}")]
+        span: SourceSpan,
+        label: String,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("output `{path}` is declared by two stages: {first} and {second}")]
+    #[diagnostic(
+        code(edgebuild::duplicate_output),
+        help("an output path belongs to exactly one stage in the workspace; rename one of them")
+    )]
+    DuplicateOutput {
+        path: String,
+        first: String,
+        second: String,
+        #[source_code]
+        src: NamedSource<String>,
+        #[label("declared again here")]
+        span: SourceSpan,
+        #[related]
+        first_site: Vec<SpecError>,
+    },
+
+    #[error("first declared here")]
+    #[diagnostic(severity(Advice))]
+    FirstDeclared {
+        #[source_code]
+        src: NamedSource<String>,
+        #[label("first declaration")]
+        span: SourceSpan,
+    },
+
+    #[error("dependency cycle: {cycle}")]
+    #[diagnostic(
+        code(edgebuild::cycle),
+        help("a stage cannot depend, through its inputs or `after`, on its own outputs")
+    )]
+    Cycle {
+        cycle: String,
+        #[source_code]
+        src: NamedSource<String>,
+        #[label("this stage is part of the cycle")]
+        span: SourceSpan,
+    },
+
+    #[error("{count} problems in the pipeline files")]
+    #[diagnostic(code(edgebuild::invalid_pipelines))]
+    Many {
+        count: usize,
+        #[related]
+        errors: Vec<SpecError>,
+    },
+}
+
+impl SpecError {
+    /// One error, or all of them under one heading.
+    pub fn collect(mut errors: Vec<SpecError>) -> Result<(), SpecError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.pop().expect("length checked")),
+            count => Err(SpecError::Many { count, errors }),
+        }
+    }
+}
+
+/// The source text of one pipeline file, for diagnostics.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+impl Source {
+    pub fn named(&self) -> NamedSource<String> {
+        NamedSource::new(&self.name, self.text.clone()).with_language("yaml")
+    }
+
+    pub fn invalid(
+        &self,
+        span: SourceSpan,
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: Option<String>,
+    ) -> SpecError {
+        SpecError::Invalid {
+            message: message.into(),
+            src: self.named(),
+            span,
+            label: label.into(),
+            help,
+        }
+    }
+
+    /// The span of `needle` at or after `start`, falling back to `fallback`.
+    fn find_from(&self, start: usize, needle: &str, fallback: SourceSpan) -> SourceSpan {
+        self.text
+            .get(start..)
+            .and_then(|rest| rest.find(needle))
+            .map(|at| SourceSpan::from((start + at, needle.len())))
+            .unwrap_or(fallback)
+    }
+}
+
+fn span_of<T>(spanned: &Spanned<T>) -> SourceSpan {
+    let span = spanned.referenced.span();
+    let offset = span.byte_offset().unwrap_or(span.offset()) as usize;
+    let len = span.byte_len().unwrap_or(span.len()) as usize;
+    SourceSpan::from((offset, len.max(1)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw YAML model
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    version: Spanned<u32>,
+    #[serde(default)]
+    description: Option<String>,
+    stages: BTreeMap<String, Spanned<RawStage>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    cmd: Option<Spanned<String>>,
+    #[serde(default)]
+    op: Option<Spanned<String>>,
+    #[serde(default)]
+    inputs: RawPorts,
+    #[serde(default)]
+    outputs: RawPorts,
+    #[serde(default)]
+    params: Option<serde_json::Value>,
+    #[serde(default)]
+    env: Vec<Spanned<String>>,
+    #[serde(default)]
+    tools: BTreeMap<String, String>,
+    #[serde(default)]
+    volatile: bool,
+    #[serde(default)]
+    after: Vec<Spanned<String>>,
+}
+
+/// `inputs`/`outputs`: a list of paths or a map of name → path.
+#[derive(Default)]
+enum RawPorts {
+    #[default]
+    Empty,
+    List(Vec<Spanned<String>>),
+    Map(Vec<(String, Spanned<String>)>),
+}
+
+impl<'de> Deserialize<'de> for RawPorts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PortsVisitor;
+        impl<'de> Visitor<'de> for PortsVisitor {
+            type Value = RawPorts;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of paths or a map of name to path")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawPorts, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<String>>()? {
+                    items.push(item);
+                }
+                Ok(RawPorts::List(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawPorts, A::Error> {
+                let mut items: Vec<(String, Spanned<String>)> = Vec::new();
+                while let Some((name, path)) = map.next_entry::<String, Spanned<String>>()? {
+                    if items.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format!("duplicate name `{name}`")));
+                    }
+                    items.push((name, path));
+                }
+                Ok(RawPorts::Map(items))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawPorts, E> {
+                Ok(RawPorts::Empty)
+            }
+        }
+        deserializer.deserialize_any(PortsVisitor)
+    }
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Validated model
+
+/// One input or output of a stage. List entries are named `0`, `1`, ...
+#[derive(Debug, Clone)]
+pub struct Port {
+    pub name: String,
+    pub path: String,
+    pub span: SourceSpan,
+}
+
+/// What a stage does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A shell command (a template with `${...}` references).
+    Cmd(String),
+    /// A built-in op by name and version.
+    Op { name: String, version: u32 },
+}
+
+/// A validated stage.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// `PIPELINE:STAGE`.
+    pub id: String,
+    /// Index into [`Workspace::pipelines`].
+    pub pipeline: usize,
+    pub name: String,
+    pub description: Option<String>,
+    pub action: Action,
+    pub inputs: Vec<Port>,
+    pub outputs: Vec<Port>,
+    /// Whether inputs/outputs were given as a map (names) rather than a list.
+    pub named_inputs: bool,
+    pub named_outputs: bool,
+    pub params: serde_json::Value,
+    pub env: Vec<String>,
+    pub tools: BTreeMap<String, String>,
+    pub volatile: bool,
+    /// Stage ids that must succeed first without their outputs entering this stage's key.
+    pub after: Vec<String>,
+    pub span: SourceSpan,
+    pub action_span: SourceSpan,
+}
+
+/// One pipeline file.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The file stem: `digits` for `pipelines/digits.yaml`.
+    pub name: String,
+    /// Workspace-relative path of the file.
+    pub file: String,
+    pub description: Option<String>,
+    pub source: Source,
+}
+
+impl Pipeline {
+    /// Workspace-relative path of the lock file beside the pipeline file.
+    pub fn lock_file(&self) -> String {
+        format!("{PIPELINES_DIR}/{}.lock", self.name)
+    }
+}
+
+/// All pipelines of a workspace, validated together as one graph (DECISIONS 2).
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    pub root: PathBuf,
+    pub pipelines: Vec<Pipeline>,
+    /// Stages ordered by id.
+    pub stages: Vec<Stage>,
+}
+
+impl Workspace {
+    /// Finds the workspace root: `start` or its nearest ancestor that holds `pipelines/`.
+    pub fn find_root(start: &Path) -> Result<PathBuf, SpecError> {
+        let start = std::fs::canonicalize(start).map_err(|e| SpecError::Read {
+            path: start.display().to_string(),
+            message: e.to_string(),
+        })?;
+        start
+            .ancestors()
+            .find(|dir| dir.join(PIPELINES_DIR).is_dir())
+            .map(Path::to_path_buf)
+            .ok_or_else(|| SpecError::NoWorkspace {
+                start: start.display().to_string(),
+            })
+    }
+
+    /// Loads and validates every `pipelines/*.yaml` (and `*.yml`) under `root`.
+    pub fn load(root: &Path) -> Result<Workspace, SpecError> {
+        let dir = root.join(PIPELINES_DIR);
+        let read_err = |path: &Path, e: std::io::Error| SpecError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| read_err(&dir, e))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            })
+            .collect();
+        files.sort();
+
+        let mut pipelines = Vec::new();
+        let mut stages = Vec::new();
+        let mut errors = Vec::new();
+        for path in files {
+            let text = std::fs::read_to_string(&path).map_err(|e| read_err(&path, e))?;
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let file = format!(
+                "{PIPELINES_DIR}/{}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            );
+            if pipelines.iter().any(|p: &Pipeline| p.name == name) {
+                return Err(SpecError::Read {
+                    path: file,
+                    message: format!("two pipeline files are named `{name}` (.yaml and .yml)"),
+                });
+            }
+            let pipeline = Pipeline {
+                name,
+                file: file.clone(),
+                description: None,
+                source: Source { name: file, text },
+            };
+            let index = pipelines.len();
+            match parse_pipeline(root, index, &pipeline) {
+                Ok((description, parsed)) => {
+                    stages.extend(parsed.0);
+                    errors.extend(parsed.1);
+                    pipelines.push(Pipeline {
+                        description,
+                        ..pipeline
+                    });
+                }
+                Err(e) => {
+                    errors.push(e);
+                    pipelines.push(pipeline);
+                }
+            }
+        }
+        SpecError::collect(errors)?;
+        stages.sort_by(|a, b| a.id.cmp(&b.id));
+        let workspace = Workspace {
+            root: root.to_path_buf(),
+            pipelines,
+            stages,
+        };
+        workspace.check_graph_inputs()?;
+        Ok(workspace)
+    }
+
+    pub fn source_of(&self, stage: &Stage) -> &Source {
+        &self.pipelines[stage.pipeline].source
+    }
+
+    pub fn stage_index(&self, id: &str) -> Option<usize> {
+        self.stages.binary_search_by(|s| s.id.as_str().cmp(id)).ok()
+    }
+
+    /// Cross-stage checks: duplicate outputs, `after` targets, inputs nobody provides.
+    fn check_graph_inputs(&self) -> Result<(), SpecError> {
+        let mut errors = Vec::new();
+        let mut producers: BTreeMap<&str, (&Stage, &Port)> = BTreeMap::new();
+        for stage in &self.stages {
+            for port in &stage.outputs {
+                if let Some((first, first_port)) = producers.get(port.path.as_str()) {
+                    errors.push(SpecError::DuplicateOutput {
+                        path: port.path.clone(),
+                        first: first.id.clone(),
+                        second: stage.id.clone(),
+                        src: self.source_of(stage).named(),
+                        span: port.span,
+                        first_site: vec![SpecError::FirstDeclared {
+                            src: self.source_of(first).named(),
+                            span: first_port.span,
+                        }],
+                    });
+                } else {
+                    producers.insert(&port.path, (stage, port));
+                }
+            }
+        }
+        for stage in &self.stages {
+            let source = self.source_of(stage);
+            for port in &stage.inputs {
+                let produced = producers.keys().any(|out| paths_overlap(out, &port.path));
+                if !produced && std::fs::symlink_metadata(self.root.join(&port.path)).is_err() {
+                    errors.push(source.invalid(
+                        port.span,
+                        format!("input `{}` of {} does not exist and no stage produces it", port.path, stage.id),
+                        "missing input",
+                        Some("create the file, fix the path, or add the stage that produces it".into()),
+                    ));
+                }
+                if let Some((producer, _)) = producers.get(port.path.as_str())
+                    && producer.id == stage.id
+                {
+                    errors.push(source.invalid(
+                        port.span,
+                        format!("{} reads its own output `{}`", stage.id, port.path),
+                        "input is also an output of this stage",
+                        None,
+                    ));
+                }
+            }
+        }
+        SpecError::collect(errors)
+    }
+}
+
+/// Whether one workspace path is the other or lies inside it.
+pub fn paths_overlap(a: &str, b: &str) -> bool {
+    let inside = |outer: &str, inner: &str| {
+        inner.len() > outer.len() && inner.starts_with(outer) && inner.as_bytes()[outer.len()] == b'/'
+    };
+    a == b || inside(a, b) || inside(b, a)
+}
+
+type ParsedStages = (Vec<Stage>, Vec<SpecError>);
+
+fn parse_pipeline(
+    root: &Path,
+    index: usize,
+    pipeline: &Pipeline,
+) -> Result<(Option<String>, ParsedStages), SpecError> {
+    let source = &pipeline.source;
+    let raw: RawPipeline =
+        serde_saphyr::from_str(&source.text).map_err(|e| yaml_error(source, &e))?;
+    if raw.version.value != 1 {
+        return Err(source.invalid(
+            span_of(&raw.version),
+            format!("unsupported pipeline version {}", raw.version.value),
+            "expected `version: 1`",
+            Some("this edgebuild reads version 1 pipeline files".into()),
+        ));
+    }
+    let mut stages = Vec::new();
+    let mut errors = Vec::new();
+    for (name, raw_stage) in raw.stages {
+        match parse_stage(root, index, pipeline, &name, raw_stage) {
+            Ok(stage) => stages.push(stage),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    Ok((raw.description, (stages, errors)))
+}
+
+fn yaml_error(source: &Source, err: &serde_saphyr::Error) -> SpecError {
+    let span = err
+        .location()
+        .map(|loc| {
+            let s = loc.span();
+            SourceSpan::from((
+                s.byte_offset().unwrap_or(s.offset()) as usize,
+                s.byte_len().unwrap_or(s.len()).max(1) as usize,
+            ))
+        })
+        .unwrap_or_else(|| SourceSpan::from((0, 0)));
+    let (message, help) = match err {
+        serde_saphyr::Error::SerdeUnknownField {
+            field, expected, ..
+        } => {
+            let suggestion = did_you_mean(field, expected.iter().copied());
+            let help = match suggestion {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("known keys: {}", expected.join(", ")),
+            };
+            (format!("unknown key `{field}`"), Some(help))
+        }
+        other => {
+            let options = serde_saphyr::render_options! {
+                snippets: serde_saphyr::SnippetMode::Off,
+            };
+            let text = other.render_with_options(options);
+            let text = text.strip_prefix("error: ").unwrap_or(&text).to_string();
+            // The location is shown by the label; drop the "line N column M: " prefix.
+            let text = match text.split_once(": ") {
+                Some((head, rest)) if head.starts_with("line ") => rest.to_string(),
+                _ => text,
+            };
+            (format!("invalid pipeline file: {text}"), None)
+        }
+    };
+    SpecError::Yaml {
+        message,
+        src: source.named(),
+        span,
+        help,
+    }
+}
+
+/// The closest candidate to `word`, if any is close enough to be a likely typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+fn parse_stage(
+    root: &Path,
+    index: usize,
+    pipeline: &Pipeline,
+    name: &str,
+    raw: Spanned<RawStage>,
+) -> Result<Stage, Vec<SpecError>> {
+    let source = &pipeline.source;
+    let stage_span = span_of(&raw);
+    let id = format!("{}:{}", pipeline.name, name);
+    let raw = raw.value;
+    let mut errors = Vec::new();
+
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        errors.push(source.invalid(
+            source.find_from(0, name, stage_span),
+            format!("invalid stage name `{name}`"),
+            "stage names use letters, digits, `_`, `-` and `.`",
+            None,
+        ));
+    }
+
+    let (action, action_span) = match (&raw.cmd, &raw.op) {
+        (Some(cmd), None) => (Action::Cmd(cmd.value.clone()), span_of(cmd)),
+        (None, Some(op)) => match ops::find(&op.value) {
+            Some(found) => (
+                Action::Op {
+                    name: found.name().to_string(),
+                    version: found.version(),
+                },
+                span_of(op),
+            ),
+            None => {
+                let known: Vec<&str> = ops::all().iter().map(|o| o.name()).collect();
+                let help = match did_you_mean(&op.value, known.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None if known.is_empty() => "this edgebuild has no built-in ops".to_string(),
+                    None => format!("built-in ops: {}", known.join(", ")),
+                };
+                errors.push(source.invalid(
+                    span_of(op),
+                    format!("unknown op `{}` in stage {id}", op.value),
+                    "unknown op",
+                    Some(help),
+                ));
+                (Action::Cmd(String::new()), span_of(op))
+            }
+        },
+        (Some(cmd), Some(_)) => {
+            errors.push(source.invalid(
+                span_of(cmd),
+                format!("stage {id} has both `cmd` and `op`"),
+                "a stage is either a command or an op",
+                Some("keep one of `cmd:` and `op:`".into()),
+            ));
+            (Action::Cmd(String::new()), stage_span)
+        }
+        (None, None) => {
+            errors.push(source.invalid(
+                source.find_from(0, &format!("{name}:"), stage_span),
+                format!("stage {id} has neither `cmd` nor `op`"),
+                "nothing to run",
+                Some("add `cmd: \"...\"` (a shell command) or `op: NAME` (a built-in op)".into()),
+            ));
+            (Action::Cmd(String::new()), stage_span)
+        }
+    };
+
+    let mut ports = |raw: RawPorts, what: &str| -> (Vec<Port>, bool) {
+        let (named, items): (bool, Vec<(String, Spanned<String>)>) = match raw {
+            RawPorts::Empty => (false, Vec::new()),
+            RawPorts::List(items) => (
+                false,
+                items.into_iter().enumerate().map(|(i, p)| (i.to_string(), p)).collect(),
+            ),
+            RawPorts::Map(items) => (true, items),
+        };
+        let mut out = Vec::new();
+        for (port_name, path) in items {
+            let span = span_of(&path);
+            match normalize_path(root, &path.value) {
+                Ok(normalized) => out.push(Port {
+                    name: port_name,
+                    path: normalized,
+                    span,
+                }),
+                Err(why) => errors.push(source.invalid(
+                    span,
+                    format!("{what} path `{}` of {id} {why}", path.value),
+                    "path escapes the workspace",
+                    Some("paths are relative to the workspace root and stay inside it".into()),
+                )),
+            }
+        }
+        (out, named)
+    };
+    let (inputs, named_inputs) = ports(raw.inputs, "input");
+    let (outputs, named_outputs) = ports(raw.outputs, "output");
+    for (i, port) in outputs.iter().enumerate() {
+        if outputs[..i].iter().any(|p| paths_overlap(&p.path, &port.path)) {
+            errors.push(source.invalid(
+                port.span,
+                format!("output `{}` of {id} overlaps another of its outputs", port.path),
+                "overlapping output",
+                None,
+            ));
+        }
+    }
+
+    let mut env = Vec::new();
+    for var in &raw.env {
+        let valid = !var.value.is_empty()
+            && !var.value.starts_with(|c: char| c.is_ascii_digit())
+            && var.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            errors.push(source.invalid(
+                span_of(var),
+                format!("`{}` is not an environment variable name", var.value),
+                "invalid name",
+                None,
+            ));
+        } else if !env.contains(&var.value) {
+            env.push(var.value.clone());
+        }
+    }
+    env.sort();
+
+    let params = raw.params.unwrap_or(serde_json::Value::Null);
+    let after: Vec<String> = raw
+        .after
+        .iter()
+        .map(|a| {
+            if a.value.contains(':') {
+                a.value.clone()
+            } else {
+                format!("{}:{}", pipeline.name, a.value)
+            }
+        })
+        .collect();
+
+    let stage = Stage {
+        id: id.clone(),
+        pipeline: index,
+        name: name.to_string(),
+        description: raw.description,
+        action,
+        inputs,
+        outputs,
+        named_inputs,
+        named_outputs,
+        params,
+        env,
+        tools: raw.tools,
+        volatile: raw.volatile,
+        after,
+        span: stage_span,
+        action_span,
+    };
+
+    if let (Action::Cmd(template), Some(cmd)) = (&stage.action, &raw.cmd) {
+        let cmd_span = span_of(cmd);
+        if let Err(problem) = crate::subst::parse(template) {
+            let at = source.find_from(cmd_span.offset(), &problem.reference, cmd_span);
+            errors.push(source.invalid(at, problem.message, "here", None));
+        } else if let Err(problem) = crate::subst::expand(template, &stage) {
+            let at = source.find_from(cmd_span.offset(), &problem.reference, cmd_span);
+            errors.push(source.invalid(at, problem.message, "undefined", problem.help));
+        }
+    }
+    if let Action::Op { name, .. } = &stage.action
+        && let Some(op) = ops::find(name)
+        && let Err(message) = op.check(&stage)
+    {
+        errors.push(source.invalid(stage.action_span, format!("{id}: {message}"), "op", None));
+    }
+    if errors.is_empty() { Ok(stage) } else { Err(errors) }
+}
+
+/// Normalizes a workspace-relative path, rejecting anything that leaves the workspace:
+/// absolute paths, `..`, and symlinks whose target lies outside `root`.
+pub fn normalize_path(root: &Path, raw: &str) -> Result<String, &'static str> {
+    let path = Path::new(raw);
+    if raw.is_empty() {
+        return Err("is empty");
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => parts.push(part.to_str().ok_or("is not UTF-8")?),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("uses `..`"),
+            Component::RootDir | Component::Prefix(_) => return Err("is absolute"),
+        }
+    }
+    if parts.is_empty() {
+        return Err("names the workspace root itself");
+    }
+    let normalized = parts.join("/");
+    // Follow symlinks along the existing prefix of the path.
+    let canonical_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let mut prefix = root.to_path_buf();
+    for part in &parts {
+        prefix.push(part);
+        if std::fs::symlink_metadata(&prefix).is_err() {
+            break;
+        }
+        match std::fs::canonicalize(&prefix) {
+            Ok(real) if real.starts_with(&canonical_root) => {}
+            _ => return Err("goes through a symlink that leaves the workspace"),
+        }
+    }
+    Ok(normalized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAGE_KEYS: &[&str] = &[
+        "description",
+        "cmd",
+        "op",
+        "inputs",
+        "outputs",
+        "params",
+        "env",
+        "tools",
+        "volatile",
+        "after",
+    ];
+
+    #[test]
+    fn normalize_rejects_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(normalize_path(dir.path(), "./a//b/").unwrap(), "a/b");
+        assert!(normalize_path(dir.path(), "../x").is_err());
+        assert!(normalize_path(dir.path(), "a/../../x").is_err());
+        assert!(normalize_path(dir.path(), "/etc/passwd").is_err());
+        std::os::unix::fs::symlink("/tmp", dir.path().join("link")).unwrap();
+        assert!(normalize_path(dir.path(), "link/x").is_err());
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("inside")).unwrap();
+        assert_eq!(normalize_path(dir.path(), "inside/x").unwrap(), "inside/x");
+    }
+
+    #[test]
+    fn overlap_is_path_aware() {
+        assert!(paths_overlap("out", "out/a.txt"));
+        assert!(paths_overlap("out/a.txt", "out"));
+        assert!(paths_overlap("out", "out"));
+        assert!(!paths_overlap("out", "output/a.txt"));
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(did_you_mean("outptus", STAGE_KEYS.iter().copied()), Some("outputs"));
+        assert_eq!(did_you_mean("zzz", STAGE_KEYS.iter().copied()), None);
+    }
+}
