@@ -509,7 +509,7 @@ fn yaml_error(source: &Source, err: &serde_saphyr::Error) -> SpecError {
             ))
         })
         .unwrap_or_else(|| SourceSpan::from((0, 0)));
-    let (message, help) = match err {
+    let (message, help) = match err.without_snippet() {
         serde_saphyr::Error::SerdeUnknownField {
             field, expected, ..
         } => {
@@ -530,6 +530,10 @@ fn yaml_error(source: &Source, err: &serde_saphyr::Error) -> SpecError {
             let text = match text.split_once(": ") {
                 Some((head, rest)) if head.starts_with("line ") => rest.to_string(),
                 _ => text,
+            };
+            let text = match text.rfind(" at line ") {
+                Some(at) => text[..at].to_string(),
+                None => text,
             };
             (format!("invalid pipeline file: {text}"), None)
         }

@@ -1,0 +1,105 @@
+//! Crash safety and concurrency: a build killed mid-stage leaves nothing that claims its outputs,
+//! and a second build in the same workspace waits for the first.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Workspace, stderr};
+
+/// A stage that writes half its output, then waits until `release` exists.
+const SLOW: &str = r#"version: 1
+stages:
+  fast:
+    cmd: "echo fast > fast.txt"
+    outputs: [fast.txt]
+  slow:
+    cmd: "echo half > slow.txt && echo $$ > stage.pid && touch started && while [ ! -f release ]; do sleep 0.05; done && echo done > slow.txt"
+    inputs: [fast.txt]
+    outputs: [slow.txt]
+"#;
+
+fn wait_for(path: &Path) {
+    for _ in 0..600 {
+        if path.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{} never appeared", path.display());
+}
+
+fn action_entries(ws: &Workspace) -> usize {
+    walkdir::WalkDir::new(ws.file("cache/ac"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .count()
+}
+
+#[test]
+fn kill_9_mid_stage_leaves_no_cache_entry_or_lock_claim() {
+    let ws = Workspace::new();
+    ws.pipeline("p", SLOW);
+    let child = ws
+        .command()
+        .args(["build", "-j", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&ws.file("started"));
+    // SIGKILL edgebuild and then its stage: neither gets a chance to clean up. (Only positive
+    // pids: some versions of procps `kill` mis-parse a negative process-group id.)
+    let mut child = child;
+    child.kill().unwrap();
+    let _ = child.wait();
+    let stage_pid = ws.read("stage.pid").trim().to_string();
+    let status = std::process::Command::new("kill").args(["-9", &stage_pid]).status().unwrap();
+    assert!(status.success());
+
+    assert_eq!(ws.read("slow.txt"), "half\n", "the stage was interrupted mid-write");
+    assert_eq!(action_entries(&ws), 1, "only the finished stage is cached");
+    assert!(!ws.exists("pipelines/p.lock"), "no lock claims the interrupted outputs");
+
+    ws.write("release", "");
+    let rebuilt = ws.build(&["-j", "1"], 0);
+    assert_eq!(rebuilt.of("p:slow"), "ran", "the interrupted stage runs again");
+    assert_eq!(rebuilt.of("p:fast"), "restored", "finished work is reused from the cache");
+    assert_eq!(ws.read("slow.txt"), "done\n");
+}
+
+#[test]
+fn a_second_build_waits_for_the_first() {
+    let ws = Workspace::new();
+    ws.pipeline("p", SLOW);
+    let mut first = ws
+        .command()
+        .args(["build", "-j", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&ws.file("started"));
+    let mut second = ws
+        .command()
+        .args(["build", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the second build's stderr until it says it is waiting.
+    let mut lines = BufReader::new(second.stderr.take().unwrap()).lines();
+    let waiting = lines.by_ref().map_while(Result::ok).any(|l| l.contains("waiting for another edgebuild"));
+    assert!(waiting, "the second build says it waits");
+    ws.write("release", "");
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = second.wait_with_output().unwrap();
+    assert!(second.status.success());
+    let report = common::Outcomes(serde_json::from_slice(&second.stdout).unwrap());
+    assert_eq!(report.with("up-to-date"), ["p:fast", "p:slow"], "it sees the first build's results");
+}
