@@ -15,7 +15,11 @@ use crate::exec::{self, BuildOptions, LocalExecutor, Outcome};
 use crate::plan::{self, Status};
 
 #[derive(Debug, Parser)]
-#[command(name = "edgebuild", version, about = "Reproducible, gated pipelines that ship ML models to edge devices")]
+#[command(
+    name = "edgebuild",
+    version,
+    about = "Reproducible, gated pipelines that ship ML models to edge devices"
+)]
 pub struct Cli {
     /// Run as if started in DIR (any directory inside the workspace).
     #[arg(short = 'C', long = "dir", global = true, value_name = "DIR")]
@@ -76,18 +80,30 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         cache_dir: cli.cache_dir.clone(),
     };
     match cli.command {
-        Command::Plan { targets, json, check } => {
+        Command::Plan {
+            targets,
+            json,
+            check,
+        } => {
             let ctx = Context::open(&options, Access::Read)?;
             let selected = ctx.select(&targets)?;
             let plans = plan::plan(&ctx, &selected);
             ctx.save_stat_cache();
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "stages": plans })).expect("plans serialize"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "stages": plans }))
+                        .expect("plans serialize")
+                );
             } else {
                 print!("{}", plan::render(&ctx, &plans));
             }
             let stale = plans.iter().any(|p| p.status != Status::UpToDate);
-            Ok(if check && stale { ExitCode::WouldRun } else { ExitCode::Ok })
+            Ok(if check && stale {
+                ExitCode::WouldRun
+            } else {
+                ExitCode::Ok
+            })
         }
         Command::Build {
             targets,
@@ -101,10 +117,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
                 .max(1);
             let started = std::time::Instant::now();
-            let report = exec::build(&ctx, &selected, BuildOptions { jobs, keep_going }, &LocalExecutor)
-                .map_err(|e| Error::io("lock files", e))?;
+            let report = exec::build(
+                &ctx,
+                &selected,
+                BuildOptions { jobs, keep_going },
+                &LocalExecutor,
+            )
+            .map_err(|e| Error::io("lock files", e))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("reports serialize"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("reports serialize")
+                );
             }
             eprintln!(
                 "Build: {} ran, {} restored, {} up to date, {} failed, {} gate(s) failed, {} blocked in {:.2}s",
@@ -125,7 +149,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             let gates = report.with_outcome(Outcome::GateFailed);
             if !gates.is_empty() {
-                return Err(Error::GatesFailed { stages: gates.join(", ") });
+                return Err(Error::GatesFailed {
+                    stages: gates.join(", "),
+                });
             }
             Ok(ExitCode::Ok)
         }

@@ -147,10 +147,16 @@ impl Context {
                     let help = crate::spec::did_you_mean(target, candidates)
                         .map(|s| format!("did you mean `{s}`?"))
                         .or_else(|| Some("name a pipeline (file stem), a stage id PIPELINE:STAGE or a stage name".into()));
-                    return Err(Error::usage(format!("no pipeline or stage named `{target}`"), help));
+                    return Err(Error::usage(
+                        format!("no pipeline or stage named `{target}`"),
+                        help,
+                    ));
                 }
                 many => {
-                    let ids: Vec<&str> = many.iter().map(|&i| self.ws.stages[i].id.as_str()).collect();
+                    let ids: Vec<&str> = many
+                        .iter()
+                        .map(|&i| self.ws.stages[i].id.as_str())
+                        .collect();
                     return Err(Error::usage(
                         format!("stage name `{target}` is ambiguous"),
                         Some(format!("use one of: {}", ids.join(", "))),
@@ -163,7 +169,12 @@ impl Context {
 
     /// Runs a declared tool version command once per process and remembers its output.
     fn tool_version(&self, command: &str) -> String {
-        if let Some(v) = self.tool_versions.lock().expect("tool cache poisoned").get(command) {
+        if let Some(v) = self
+            .tool_versions
+            .lock()
+            .expect("tool cache poisoned")
+            .get(command)
+        {
             return v.clone();
         }
         let output = std::process::Command::new("sh")
@@ -175,7 +186,11 @@ impl Context {
             .output();
         let version = match output {
             Ok(out) if out.status.success() => {
-                let text = if out.stdout.is_empty() { out.stderr } else { out.stdout };
+                let text = if out.stdout.is_empty() {
+                    out.stderr
+                } else {
+                    out.stdout
+                };
                 String::from_utf8_lossy(&text).trim().to_string()
             }
             Ok(out) => format!("(failed: {})", out.status),
@@ -189,7 +204,11 @@ impl Context {
     }
 
     /// The ingredients of a stage given the hashes of its inputs.
-    pub fn ingredients(&self, stage: &Stage, inputs: BTreeMap<String, InputIngredient>) -> Ingredients {
+    pub fn ingredients(
+        &self,
+        stage: &Stage,
+        inputs: BTreeMap<String, InputIngredient>,
+    ) -> Ingredients {
         let (cmd, op, fingerprint) = match &stage.action {
             Action::Cmd(template) => (Some(template.clone()), None, BTreeMap::new()),
             Action::Op { name, version } => (
@@ -198,7 +217,9 @@ impl Context {
                     name: name.clone(),
                     version: *version,
                 }),
-                crate::ops::find(name).map(|op| op.fingerprint()).unwrap_or_default(),
+                crate::ops::find(name)
+                    .map(|op| op.fingerprint())
+                    .unwrap_or_default(),
             ),
         };
         Ingredients {

@@ -60,7 +60,9 @@ pub enum Error {
     #[error("gate(s) failed: {stages}")]
     #[diagnostic(
         code(edgebuild::gate_failed),
-        help("every check with its measured value and threshold is listed above; stages that depend on a failed gate were not run")
+        help(
+            "every check with its measured value and threshold is listed above; stages that depend on a failed gate were not run"
+        )
     )]
     GatesFailed { stages: String },
 }
@@ -69,7 +71,9 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Spec(_) | Error::Usage { .. } => ExitCode::BadInput,
-            Error::Store(_) | Error::Io { .. } | Error::StagesFailed { .. } => ExitCode::StageFailed,
+            Error::Store(_) | Error::Io { .. } | Error::StagesFailed { .. } => {
+                ExitCode::StageFailed
+            }
             Error::GatesFailed { .. } => ExitCode::GateFailed,
         }
     }

@@ -112,7 +112,10 @@ impl Executor for LocalExecutor {
                     log_tail: Vec::new(),
                 })?;
                 let paths = |ports: &[crate::spec::Port]| -> BTreeMap<String, PathBuf> {
-                    ports.iter().map(|p| (p.name.clone(), job.root.join(&p.path))).collect()
+                    ports
+                        .iter()
+                        .map(|p| (p.name.clone(), job.root.join(&p.path)))
+                        .collect()
                 };
                 let ctx = OpContext {
                     stage_id: &job.stage.id,
@@ -271,7 +274,11 @@ fn describe(result: &StageResult) -> Option<String> {
     let seconds = result.duration_ms as f64 / 1000.0;
     let why = || {
         let reasons: Vec<String> = result.reasons.iter().map(ToString::to_string).collect();
-        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) }
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join("; "))
+        }
     };
     let mut text = match result.outcome {
         Outcome::UpToDate | Outcome::NotStarted => return None,
@@ -309,7 +316,13 @@ pub fn build(
         in_build[s] = true;
     }
     let mut waiting: Vec<usize> = (0..n)
-        .map(|s| if in_build[s] { ctx.graph.deps(s).filter(|(d, _)| in_build[*d]).count() } else { 0 })
+        .map(|s| {
+            if in_build[s] {
+                ctx.graph.deps(s).filter(|(d, _)| in_build[*d]).count()
+            } else {
+                0
+            }
+        })
         .collect();
     let mut results: Vec<Option<StageResult>> = vec![None; n];
     let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<(usize, usize)>> = selected
@@ -330,7 +343,9 @@ pub fn build(
     pool.in_place_scope(|scope| {
         loop {
             while !stopped && running.len() < options.jobs.max(1) {
-                let Some(std::cmp::Reverse((_, stage))) = ready.pop() else { break };
+                let Some(std::cmp::Reverse((_, stage))) = ready.pop() else {
+                    break;
+                };
                 // A dependency that did not succeed blocks the stage.
                 let blocker = ctx
                     .graph
@@ -340,7 +355,8 @@ pub fn build(
                 if let Some((dep, _)) = blocker {
                     let mut result = StageResult::new(&ctx.ws.stages[stage], Outcome::Blocked);
                     result.blocked_by = Some(ctx.ws.stages[dep].id.clone());
-                    tx.send((stage, result)).expect("receiver outlives the scope");
+                    tx.send((stage, result))
+                        .expect("receiver outlives the scope");
                     running.push(stage);
                     continue;
                 }
@@ -356,20 +372,32 @@ pub fn build(
                     let _ = tx.send((stage, result));
                 });
             }
-            progress.set_running(&running.iter().map(|&s| ctx.ws.stages[s].id.clone()).collect::<Vec<_>>());
+            progress.set_running(
+                &running
+                    .iter()
+                    .map(|&s| ctx.ws.stages[s].id.clone())
+                    .collect::<Vec<_>>(),
+            );
             if running.is_empty() {
                 break;
             }
             let (stage, result) = rx.recv().expect("a worker always reports");
             running.retain(|&s| s != stage);
-            if matches!(result.outcome, Outcome::Failed | Outcome::GateFailed) && !options.keep_going {
+            if matches!(result.outcome, Outcome::Failed | Outcome::GateFailed)
+                && !options.keep_going
+            {
                 stopped = true;
             }
             if let Some(text) = describe(&result) {
                 progress.line(&text);
             }
             results[stage] = Some(result);
-            progress.advance(&running.iter().map(|&s| ctx.ws.stages[s].id.clone()).collect::<Vec<_>>());
+            progress.advance(
+                &running
+                    .iter()
+                    .map(|&s| ctx.ws.stages[s].id.clone())
+                    .collect::<Vec<_>>(),
+            );
             for next in ctx.graph.dependents(stage) {
                 if in_build[next] {
                     waiting[next] -= 1;
@@ -401,9 +429,13 @@ fn write_locks(ctx: &Context, stages: &[StageResult]) -> std::io::Result<()> {
     let mut locks: Vec<Option<LockFile>> = ctx.locks.clone();
     let mut touched = vec![false; locks.len()];
     for result in stages {
-        let index = ctx.ws.stage_index(&result.stage).expect("results name known stages");
+        let index = ctx
+            .ws
+            .stage_index(&result.stage)
+            .expect("results name known stages");
         let stage = &ctx.ws.stages[index];
-        let lock = locks[stage.pipeline].get_or_insert_with(|| LockFile::new(&ctx.ws.pipelines[stage.pipeline].name));
+        let lock = locks[stage.pipeline]
+            .get_or_insert_with(|| LockFile::new(&ctx.ws.pipelines[stage.pipeline].name));
         match (&result.locked, result.outcome) {
             (Some(entry), _) => {
                 lock.stages.insert(stage.name.clone(), entry.clone());
@@ -421,8 +453,11 @@ fn write_locks(ctx: &Context, stages: &[StageResult]) -> std::io::Result<()> {
             continue;
         }
         // Stages deleted from the pipeline file leave the lock too.
-        lock.stages
-            .retain(|name, _| ctx.ws.stage_index(&format!("{}:{name}", ctx.ws.pipelines[p].name)).is_some());
+        lock.stages.retain(|name, _| {
+            ctx.ws
+                .stage_index(&format!("{}:{name}", ctx.ws.pipelines[p].name))
+                .is_some()
+        });
         lock.toolchain = crate::lock::Toolchain::current();
         lock.write_if_changed(&ctx.root().join(ctx.ws.pipelines[p].lock_file()))?;
     }
@@ -462,8 +497,15 @@ fn process(
     result.key = Some(key);
 
     let (outputs, gate_passed) = match plan::decide(ctx, stage, &ingredients, key) {
-        Decision::UpToDate { outputs, gate_failed } => {
-            result.outcome = if gate_failed { Outcome::GateFailed } else { Outcome::UpToDate };
+        Decision::UpToDate {
+            outputs,
+            gate_failed,
+        } => {
+            result.outcome = if gate_failed {
+                Outcome::GateFailed
+            } else {
+                Outcome::UpToDate
+            };
             (outputs, !gate_failed)
         }
         Decision::Restore { entry, reasons } => {
@@ -471,7 +513,11 @@ fn process(
             match restore(ctx, stage, &entry) {
                 Ok(()) => {
                     let passed = entry.gate_passed != Some(false);
-                    result.outcome = if passed { Outcome::Restored } else { Outcome::GateFailed };
+                    result.outcome = if passed {
+                        Outcome::Restored
+                    } else {
+                        Outcome::GateFailed
+                    };
                     (entry.outputs, passed)
                 }
                 Err(_) => match run(ctx, stage, key, executor, &mut result) {
@@ -525,7 +571,11 @@ fn finish(mut result: StageResult, started: Instant) -> StageResult {
 }
 
 /// Materializes a cached entry's outputs, skipping those already on disk.
-fn restore(ctx: &Context, stage: usize, entry: &ActionEntry) -> Result<(), crate::store::StoreError> {
+fn restore(
+    ctx: &Context,
+    stage: usize,
+    entry: &ActionEntry,
+) -> Result<(), crate::store::StoreError> {
     for port in &ctx.ws.stages[stage].outputs {
         let Some(output) = entry.outputs.get(&port.path) else {
             return Err(crate::store::StoreError::Corrupt {
@@ -536,7 +586,8 @@ fn restore(ctx: &Context, stage: usize, entry: &ActionEntry) -> Result<(), crate
         if on_disk.is_some_and(|d| d.hash == output.hash) {
             continue;
         }
-        ctx.store.materialize(output, &ctx.root().join(&port.path))?;
+        ctx.store
+            .materialize(output, &ctx.root().join(&port.path))?;
     }
     Ok(())
 }
@@ -617,6 +668,10 @@ fn run(
         result.error = Some(format!("cannot store outputs in the cache: {e}"));
         return None;
     }
-    result.outcome = if gate_passed { Outcome::Ran } else { Outcome::GateFailed };
+    result.outcome = if gate_passed {
+        Outcome::Ran
+    } else {
+        Outcome::GateFailed
+    };
     Some((entry.outputs, gate_passed))
 }

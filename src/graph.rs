@@ -5,8 +5,8 @@
 //! order-only edge. This module owns cycle detection (with the cycle printed), a deterministic
 //! topological order (ties broken by stage id) and target selection. It knows nothing of hashes.
 
-use std::collections::{BTreeSet, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
@@ -64,8 +64,11 @@ impl Graph {
                     None => {
                         let source = ws.source_of(stage);
                         let written = target.split(':').next_back().unwrap_or(target);
-                        let help = crate::spec::did_you_mean(target, ws.stages.iter().map(|s| s.id.as_str()))
-                            .map(|s| format!("did you mean `{s}`?"));
+                        let help = crate::spec::did_you_mean(
+                            target,
+                            ws.stages.iter().map(|s| s.id.as_str()),
+                        )
+                        .map(|s| format!("did you mean `{s}`?"));
                         errors.push(source.invalid(
                             source_find(source, stage.span.offset(), written, stage.span),
                             format!("{} runs after `{target}`, which is not a stage", stage.id),
@@ -108,7 +111,11 @@ impl Graph {
                 stack.extend(self.deps(s).map(|(d, _)| d));
             }
         }
-        self.order.iter().copied().filter(|&s| selected[s]).collect()
+        self.order
+            .iter()
+            .copied()
+            .filter(|&s| selected[s])
+            .collect()
     }
 }
 
@@ -155,7 +162,10 @@ fn producers_of(outputs: &[(&str, usize)], path: &str) -> Vec<usize> {
 }
 
 /// Kahn's algorithm with a min-heap on stage id (stages are sorted by id, so index order).
-fn topological_order(ws: &Workspace, dag: &DiGraph<usize, EdgeKind>) -> Result<Vec<usize>, SpecError> {
+fn topological_order(
+    ws: &Workspace,
+    dag: &DiGraph<usize, EdgeKind>,
+) -> Result<Vec<usize>, SpecError> {
     let n = dag.node_count();
     let mut indegree: Vec<usize> = (0..n)
         .map(|i| {
@@ -248,7 +258,10 @@ pub fn render(ws: &Workspace, graph: &Graph, mermaid: bool) -> String {
             } else {
                 ""
             };
-            out.push_str(&format!("  \"{}\" [label=\"{}\"{shape}];\n", ws.stages[i].id, ws.stages[i].id));
+            out.push_str(&format!(
+                "  \"{}\" [label=\"{}\"{shape}];\n",
+                ws.stages[i].id, ws.stages[i].id
+            ));
         }
     }
     for &i in &graph.order {

@@ -64,7 +64,8 @@ impl Serialize for Digest {
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Digest::parse(&text).ok_or_else(|| serde::de::Error::custom("expected a 64-digit hex SHA-256"))
+        Digest::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom("expected a 64-digit hex SHA-256"))
     }
 }
 
@@ -206,7 +207,11 @@ impl StatCache {
         let full = root.join(rel);
         let meta = std::fs::metadata(&full)?;
         let stamp = Stamp::of(&meta);
-        if let Some(entry) = self.entries.lock().expect("stat cache lock poisoned").get(rel)
+        if let Some(entry) = self
+            .entries
+            .lock()
+            .expect("stat cache lock poisoned")
+            .get(rel)
             && entry.stamp == stamp
         {
             return Ok((entry.hash, meta));
@@ -293,7 +298,8 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys() {
-        let a: serde_json::Value = serde_json::from_str(r#"{"b": 1, "a": {"d": 2, "c": 3}}"#).unwrap();
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b": 1, "a": {"d": 2, "c": 3}}"#).unwrap();
         assert_eq!(canonical_json(&a), r#"{"a":{"c":3,"d":2},"b":1}"#);
     }
 

@@ -73,11 +73,13 @@ impl Ingredients {
         diff_json("", &old.params, &new.params, &mut reasons);
         for (name, input) in &new.inputs {
             match old.inputs.get(name) {
-                Some(prev) if prev.path != input.path => reasons.push(StaleReason::InputPathChanged {
-                    name: name.clone(),
-                    old: prev.path.clone(),
-                    new: input.path.clone(),
-                }),
+                Some(prev) if prev.path != input.path => {
+                    reasons.push(StaleReason::InputPathChanged {
+                        name: name.clone(),
+                        old: prev.path.clone(),
+                        new: input.path.clone(),
+                    })
+                }
                 Some(prev) if prev.hash != input.hash => reasons.push(StaleReason::InputChanged {
                     path: input.path.clone(),
                     old: prev.hash.short(),
@@ -99,12 +101,22 @@ impl Ingredients {
         if old.outputs != new.outputs {
             reasons.push(StaleReason::OutputsChanged);
         }
-        for name in old.env.keys().chain(new.env.keys()).collect::<std::collections::BTreeSet<_>>() {
+        for name in old
+            .env
+            .keys()
+            .chain(new.env.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
             if old.env.get(name) != new.env.get(name) {
                 reasons.push(StaleReason::EnvChanged { name: name.clone() });
             }
         }
-        diff_maps(&old.tools, &new.tools, |name, old, new| StaleReason::ToolChanged { name, old, new }, &mut reasons);
+        diff_maps(
+            &old.tools,
+            &new.tools,
+            |name, old, new| StaleReason::ToolChanged { name, old, new },
+            &mut reasons,
+        );
         diff_maps(
             &old.fingerprint,
             &new.fingerprint,
@@ -122,22 +134,42 @@ fn diff_maps(
     reasons: &mut Vec<StaleReason>,
 ) {
     let none = String::from("(none)");
-    for name in old.keys().chain(new.keys()).collect::<std::collections::BTreeSet<_>>() {
-        let (a, b) = (old.get(name).unwrap_or(&none), new.get(name).unwrap_or(&none));
+    for name in old
+        .keys()
+        .chain(new.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let (a, b) = (
+            old.get(name).unwrap_or(&none),
+            new.get(name).unwrap_or(&none),
+        );
         if a != b {
             reasons.push(make(name.clone(), a.clone(), b.clone()));
         }
     }
 }
 
-fn diff_json(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<StaleReason>) {
+fn diff_json(
+    path: &str,
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    out: &mut Vec<StaleReason>,
+) {
     use serde_json::Value;
     if old == new {
         return;
     }
     if let (Value::Object(a), Value::Object(b)) = (old, new) {
-        for key in a.keys().chain(b.keys()).collect::<std::collections::BTreeSet<_>>() {
-            let sub = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+        for key in a
+            .keys()
+            .chain(b.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let sub = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
             diff_json(
                 &sub,
                 a.get(key).unwrap_or(&Value::Null),
@@ -152,7 +184,11 @@ fn diff_json(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: 
         other => crate::hash::canonical_json(other),
     };
     out.push(StaleReason::ParamChanged {
-        path: if path.is_empty() { "(all)".into() } else { path.into() },
+        path: if path.is_empty() {
+            "(all)".into()
+        } else {
+            path.into()
+        },
         old: show(old),
         new: show(new),
     });
@@ -164,19 +200,56 @@ fn diff_json(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: 
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StaleReason {
     NeverBuilt,
-    ActionChanged { old: String, new: String },
-    ParamChanged { path: String, old: String, new: String },
-    InputChanged { path: String, old: String, new: String },
-    InputPathChanged { name: String, old: String, new: String },
-    InputAdded { path: String },
-    InputRemoved { path: String },
+    ActionChanged {
+        old: String,
+        new: String,
+    },
+    ParamChanged {
+        path: String,
+        old: String,
+        new: String,
+    },
+    InputChanged {
+        path: String,
+        old: String,
+        new: String,
+    },
+    InputPathChanged {
+        name: String,
+        old: String,
+        new: String,
+    },
+    InputAdded {
+        path: String,
+    },
+    InputRemoved {
+        path: String,
+    },
     OutputsChanged,
-    EnvChanged { name: String },
-    ToolChanged { name: String, old: String, new: String },
-    FingerprintChanged { name: String, old: String, new: String },
-    OutputMissing { path: String },
-    OutputModified { path: String, expected: String, actual: String },
-    UpstreamWillRun { stage: String },
+    EnvChanged {
+        name: String,
+    },
+    ToolChanged {
+        name: String,
+        old: String,
+        new: String,
+    },
+    FingerprintChanged {
+        name: String,
+        old: String,
+        new: String,
+    },
+    OutputMissing {
+        path: String,
+    },
+    OutputModified {
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    UpstreamWillRun {
+        stage: String,
+    },
     Forced,
 }
 
@@ -184,18 +257,32 @@ impl fmt::Display for StaleReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StaleReason::NeverBuilt => write!(f, "never built"),
-            StaleReason::ActionChanged { old, new } => write!(f, "command changed: `{old}` → `{new}`"),
-            StaleReason::ParamChanged { path, old, new } => write!(f, "param {path}: {old} → {new}"),
-            StaleReason::InputChanged { path, old, new } => write!(f, "input {path} changed: {old} → {new}"),
-            StaleReason::InputPathChanged { name, old, new } => write!(f, "input {name} moved: {old} → {new}"),
+            StaleReason::ActionChanged { old, new } => {
+                write!(f, "command changed: `{old}` → `{new}`")
+            }
+            StaleReason::ParamChanged { path, old, new } => {
+                write!(f, "param {path}: {old} → {new}")
+            }
+            StaleReason::InputChanged { path, old, new } => {
+                write!(f, "input {path} changed: {old} → {new}")
+            }
+            StaleReason::InputPathChanged { name, old, new } => {
+                write!(f, "input {name} moved: {old} → {new}")
+            }
             StaleReason::InputAdded { path } => write!(f, "input {path} added"),
             StaleReason::InputRemoved { path } => write!(f, "input {path} removed"),
             StaleReason::OutputsChanged => write!(f, "declared outputs changed"),
             StaleReason::EnvChanged { name } => write!(f, "env {name} changed"),
             StaleReason::ToolChanged { name, old, new } => write!(f, "tool {name}: {old} → {new}"),
-            StaleReason::FingerprintChanged { name, old, new } => write!(f, "toolchain {name}: {old} → {new}"),
+            StaleReason::FingerprintChanged { name, old, new } => {
+                write!(f, "toolchain {name}: {old} → {new}")
+            }
             StaleReason::OutputMissing { path } => write!(f, "output {path} missing"),
-            StaleReason::OutputModified { path, expected, actual } => {
+            StaleReason::OutputModified {
+                path,
+                expected,
+                actual,
+            } => {
                 write!(f, "output {path} modified on disk: {expected} → {actual}")
             }
             StaleReason::UpstreamWillRun { stage } => write!(f, "upstream {stage} will run"),

@@ -101,13 +101,17 @@ pub fn resolve_inputs<'a>(
         }
         let hash = match recorded {
             Some(found) => found.hash,
-            None if all_on_disk => ctx
-                .stat
-                .path(ctx.root(), &port.path)
-                .map_err(|e| InputProblem::Unreadable(port.path.clone(), e.to_string()))?
-                .hash,
+            None if all_on_disk => {
+                ctx.stat
+                    .path(ctx.root(), &port.path)
+                    .map_err(|e| InputProblem::Unreadable(port.path.clone(), e.to_string()))?
+                    .hash
+            }
             None => {
-                let first = producers.first().map(|&p| ctx.ws.stages[p].id.clone()).unwrap_or_default();
+                let first = producers
+                    .first()
+                    .map(|&p| ctx.ws.stages[p].id.clone())
+                    .unwrap_or_default();
                 return Err(InputProblem::Upstream(first));
             }
         };
@@ -173,7 +177,11 @@ pub fn outputs_on_disk(
             }
         }
     }
-    if reasons.is_empty() { Ok(found) } else { Err(reasons) }
+    if reasons.is_empty() {
+        Ok(found)
+    } else {
+        Err(reasons)
+    }
 }
 
 /// Decides what to do with a stage whose ingredients are known.
@@ -181,7 +189,11 @@ pub fn decide(ctx: &Context, stage: usize, ingredients: &Ingredients, key: Diges
     let locked = ctx.locked(stage);
     let mut reasons = match locked {
         Some(locked) if locked.key == key => {
-            let expected = locked.outputs.iter().map(|(p, o)| (p.clone(), o.hash)).collect();
+            let expected = locked
+                .outputs
+                .iter()
+                .map(|(p, o)| (p.clone(), o.hash))
+                .collect();
             match outputs_on_disk(ctx, stage, &expected) {
                 Ok(outputs) => {
                     return Decision::UpToDate {
@@ -240,7 +252,8 @@ pub struct StagePlan {
 
 /// Plans the selected stages (in topological order) without running anything.
 pub fn plan(ctx: &Context, selected: &[usize]) -> Vec<StagePlan> {
-    let mut known: Vec<Option<(BTreeMap<String, PathHash>, bool)>> = vec![None; ctx.ws.stages.len()];
+    let mut known: Vec<Option<(BTreeMap<String, PathHash>, bool)>> =
+        vec![None; ctx.ws.stages.len()];
     let mut plans = Vec::with_capacity(selected.len());
     for &stage in selected {
         let inputs = resolve_inputs(ctx, stage, |p| match &known[p] {
@@ -277,7 +290,10 @@ pub fn plan(ctx: &Context, selected: &[usize]) -> Vec<StagePlan> {
         let ingredients = ctx.ingredients(&ctx.ws.stages[stage], inputs);
         let key = ingredients.key();
         let (status, reasons, gate_failed) = match decide(ctx, stage, &ingredients, key) {
-            Decision::UpToDate { outputs, gate_failed } => {
+            Decision::UpToDate {
+                outputs,
+                gate_failed,
+            } => {
                 known[stage] = Some((outputs, true));
                 (Status::UpToDate, Vec::new(), gate_failed)
             }

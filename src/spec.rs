@@ -27,7 +27,9 @@ pub enum SpecError {
     #[error("no workspace found: no `pipelines/` directory in {start} or any parent")]
     #[diagnostic(
         code(edgebuild::no_workspace),
-        help("run edgebuild inside a workspace (a directory holding `pipelines/`), or pass `-C DIR`")
+        help(
+            "run edgebuild inside a workspace (a directory holding `pipelines/`), or pass `-C DIR`"
+        )
     )]
     NoWorkspace { start: String },
 
@@ -243,7 +245,6 @@ impl<'de> Deserialize<'de> for RawPorts {
     }
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Validated model
 
@@ -438,12 +439,20 @@ impl Workspace {
             for port in &stage.inputs {
                 let produced = producers.keys().any(|out| paths_overlap(out, &port.path));
                 if !produced && std::fs::symlink_metadata(self.root.join(&port.path)).is_err() {
-                    errors.push(source.invalid(
-                        port.span,
-                        format!("input `{}` of {} does not exist and no stage produces it", port.path, stage.id),
-                        "missing input",
-                        Some("create the file, fix the path, or add the stage that produces it".into()),
-                    ));
+                    errors.push(
+                        source.invalid(
+                            port.span,
+                            format!(
+                                "input `{}` of {} does not exist and no stage produces it",
+                                port.path, stage.id
+                            ),
+                            "missing input",
+                            Some(
+                                "create the file, fix the path, or add the stage that produces it"
+                                    .into(),
+                            ),
+                        ),
+                    );
                 }
                 if let Some((producer, _)) = producers.get(port.path.as_str())
                     && producer.id == stage.id
@@ -464,7 +473,9 @@ impl Workspace {
 /// Whether one workspace path is the other or lies inside it.
 pub fn paths_overlap(a: &str, b: &str) -> bool {
     let inside = |outer: &str, inner: &str| {
-        inner.len() > outer.len() && inner.starts_with(outer) && inner.as_bytes()[outer.len()] == b'/'
+        inner.len() > outer.len()
+            && inner.starts_with(outer)
+            && inner.as_bytes()[outer.len()] == b'/'
     };
     a == b || inside(a, b) || inside(b, a)
 }
@@ -547,7 +558,10 @@ fn yaml_error(source: &Source, err: &serde_saphyr::Error) -> SpecError {
 }
 
 /// The closest candidate to `word`, if any is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -569,7 +583,11 @@ fn parse_stage(
     let raw = raw.value;
     let mut errors = Vec::new();
 
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
         errors.push(source.invalid(
             source.find_from(0, name, stage_span),
             format!("invalid stage name `{name}`"),
@@ -629,7 +647,11 @@ fn parse_stage(
             RawPorts::Empty => (false, Vec::new()),
             RawPorts::List(items) => (
                 false,
-                items.into_iter().enumerate().map(|(i, p)| (i.to_string(), p)).collect(),
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, p)| (i.to_string(), p))
+                    .collect(),
             ),
             RawPorts::Map(items) => (true, items),
         };
@@ -655,10 +677,16 @@ fn parse_stage(
     let (inputs, named_inputs) = ports(raw.inputs, "input");
     let (outputs, named_outputs) = ports(raw.outputs, "output");
     for (i, port) in outputs.iter().enumerate() {
-        if outputs[..i].iter().any(|p| paths_overlap(&p.path, &port.path)) {
+        if outputs[..i]
+            .iter()
+            .any(|p| paths_overlap(&p.path, &port.path))
+        {
             errors.push(source.invalid(
                 port.span,
-                format!("output `{}` of {id} overlaps another of its outputs", port.path),
+                format!(
+                    "output `{}` of {id} overlaps another of its outputs",
+                    port.path
+                ),
                 "overlapping output",
                 None,
             ));
@@ -669,7 +697,10 @@ fn parse_stage(
     for var in &raw.env {
         let valid = !var.value.is_empty()
             && !var.value.starts_with(|c: char| c.is_ascii_digit())
-            && var.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            && var
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             errors.push(source.invalid(
                 span_of(var),
@@ -731,7 +762,11 @@ fn parse_stage(
     {
         errors.push(source.invalid(stage.action_span, format!("{id}: {message}"), "op", None));
     }
-    if errors.is_empty() { Ok(stage) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(stage)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Normalizes a workspace-relative path, rejecting anything that leaves the workspace:
@@ -811,7 +846,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("outptus", STAGE_KEYS.iter().copied()), Some("outputs"));
+        assert_eq!(
+            did_you_mean("outptus", STAGE_KEYS.iter().copied()),
+            Some("outputs")
+        );
         assert_eq!(did_you_mean("zzz", STAGE_KEYS.iter().copied()), None);
     }
 }

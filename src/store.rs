@@ -100,7 +100,10 @@ impl Store {
 
     fn action_path(&self, key: &Digest) -> PathBuf {
         let hex = key.hex();
-        self.dir.join("ac").join(&hex[..2]).join(format!("{hex}.json"))
+        self.dir
+            .join("ac")
+            .join(&hex[..2])
+            .join(format!("{hex}.json"))
     }
 
     fn temp_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
@@ -124,11 +127,15 @@ impl Store {
         let actual = copy_hashing(source, tmp.as_file()).map_err(io_err(source))?;
         if actual != *hash {
             return Err(StoreError::Corrupt {
-                hash: format!("{hash} (file {} changed while it was stored)", source.display()),
+                hash: format!(
+                    "{hash} (file {} changed while it was stored)",
+                    source.display()
+                ),
             });
         }
         let dest = self.blob_path(hash);
-        fs::create_dir_all(dest.parent().expect("blob paths have a parent")).map_err(io_err(&dest))?;
+        fs::create_dir_all(dest.parent().expect("blob paths have a parent"))
+            .map_err(io_err(&dest))?;
         tmp.persist(&dest).map_err(|e| StoreError::Io {
             path: dest.display().to_string(),
             source: e.error,
@@ -137,7 +144,12 @@ impl Store {
     }
 
     /// Writes the blob `hash` to `dest` (atomically), verifying it. A corrupt blob is deleted.
-    pub fn materialize_file(&self, hash: &Digest, dest: &Path, executable: bool) -> Result<(), StoreError> {
+    pub fn materialize_file(
+        &self,
+        hash: &Digest,
+        dest: &Path,
+        executable: bool,
+    ) -> Result<(), StoreError> {
         let blob = self.blob_path(hash);
         let parent = dest.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -186,9 +198,9 @@ impl Store {
     pub fn put_output(&self, output: &PathHash, source: &Path) -> Result<(), StoreError> {
         match &output.tree {
             None => self.put_file(source, &output.hash),
-            Some(tree) => tree
-                .iter()
-                .try_for_each(|TreeEntry { path, hash, .. }| self.put_file(&source.join(path), hash)),
+            Some(tree) => tree.iter().try_for_each(|TreeEntry { path, hash, .. }| {
+                self.put_file(&source.join(path), hash)
+            }),
         }
     }
 
@@ -216,7 +228,9 @@ impl Store {
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .and_then(Digest::parse);
-            let entry = key.filter(|k| keep_actions.contains(k)).and_then(|k| self.get_action(&k));
+            let entry = key
+                .filter(|k| keep_actions.contains(k))
+                .and_then(|k| self.get_action(&k));
             match entry {
                 Some(entry) => keep_blobs.extend(entry.blobs()),
                 None => {
@@ -227,7 +241,10 @@ impl Store {
             }
         }
         for path in files_under(&self.dir.join("cas")) {
-            let hash = path.file_name().and_then(|s| s.to_str()).and_then(Digest::parse);
+            let hash = path
+                .file_name()
+                .and_then(|s| s.to_str())
+                .and_then(Digest::parse);
             if hash.is_none_or(|h| !keep_blobs.contains(&h)) {
                 report.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 fs::remove_file(&path).map_err(io_err(&path))?;

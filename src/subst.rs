@@ -86,7 +86,11 @@ fn resolve(text: &str, body: &str, stage: &Stage) -> Result<String, Problem> {
     };
     let port_value = |ports: &[Port], what: &str| -> Result<String, Problem> {
         match key {
-            None => Ok(ports.iter().map(|p| quote(&p.path)).collect::<Vec<_>>().join(" ")),
+            None => Ok(ports
+                .iter()
+                .map(|p| quote(&p.path))
+                .collect::<Vec<_>>()
+                .join(" ")),
             Some(name) => ports
                 .iter()
                 .find(|p| p.name == name)
@@ -94,7 +98,10 @@ fn resolve(text: &str, body: &str, stage: &Stage) -> Result<String, Problem> {
                 .ok_or_else(|| {
                     let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
                     undefined(
-                        format!("`{text}` in {}: the stage has no {what} named `{name}`", stage.id),
+                        format!(
+                            "`{text}` in {}: the stage has no {what} named `{name}`",
+                            stage.id
+                        ),
                         Some(if names.is_empty() {
                             format!("the stage declares no {what}s")
                         } else {
@@ -110,7 +117,10 @@ fn resolve(text: &str, body: &str, stage: &Stage) -> Result<String, Problem> {
         "params" => {
             let Some(key) = key else {
                 return Err(undefined(
-                    format!("`{text}` in {}: name a parameter, as in `${{params.KEY}}`", stage.id),
+                    format!(
+                        "`{text}` in {}: name a parameter, as in `${{params.KEY}}`",
+                        stage.id
+                    ),
                     None,
                 ));
             };
@@ -133,7 +143,10 @@ fn resolve(text: &str, body: &str, stage: &Stage) -> Result<String, Problem> {
         }
         _ => Err(undefined(
             format!("`{text}` in {}: unknown reference", stage.id),
-            Some("use ${inputs.NAME}, ${outputs.NAME} or ${params.KEY}; write $${ for a literal ${".into()),
+            Some(
+                "use ${inputs.NAME}, ${outputs.NAME} or ${params.KEY}; write $${ for a literal ${"
+                    .into(),
+            ),
         )),
     }
 }
@@ -176,18 +189,30 @@ mod tests {
             expand("cat ${inputs.0} > ${outputs.report}", &s).unwrap(),
             "cat 'data/a b.txt' > out/r.json"
         );
-        assert_eq!(expand("cat ${inputs}", &s).unwrap(), "cat 'data/a b.txt' data/c.txt");
+        assert_eq!(
+            expand("cat ${inputs}", &s).unwrap(),
+            "cat 'data/a b.txt' data/c.txt"
+        );
         assert_eq!(
             expand("q ${params.bits} ${params.name} ${params.nested.k}", &s).unwrap(),
             "q 4 'x;y' true"
         );
-        assert_eq!(expand("echo $${HOME} $HOME", &s).unwrap(), "echo ${HOME} $HOME");
+        assert_eq!(
+            expand("echo $${HOME} $HOME", &s).unwrap(),
+            "echo ${HOME} $HOME"
+        );
     }
 
     #[test]
     fn rejects_undefined() {
         let s = stage();
-        for bad in ["${inputs.9}", "${outputs.nope}", "${params.zz}", "${params}", "${foo}"] {
+        for bad in [
+            "${inputs.9}",
+            "${outputs.nope}",
+            "${params.zz}",
+            "${params}",
+            "${foo}",
+        ] {
             let err = expand(bad, &s).unwrap_err();
             assert_eq!(err.reference, bad);
         }

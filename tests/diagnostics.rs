@@ -16,8 +16,18 @@ fn rejected(files: &[(&str, &str)]) -> String {
     assert_eq!(plan.status.code(), Some(2), "plan: {}", stderr(&plan));
     let out = ws.run(&["build"]);
     assert_eq!(out.status.code(), Some(2), "build: {}", stderr(&out));
-    assert_eq!(stderr(&plan), stderr(&out), "plan and build report the same problem");
-    for name in ["out", "cache", "pipelines/p.lock", "pipelines/q.lock", "ran"] {
+    assert_eq!(
+        stderr(&plan),
+        stderr(&out),
+        "plan and build report the same problem"
+    );
+    for name in [
+        "out",
+        "cache",
+        "pipelines/p.lock",
+        "pipelines/q.lock",
+        "ran",
+    ] {
         assert!(!ws.exists(name), "{name} must not be written for bad input");
     }
     stderr(&out)
@@ -27,7 +37,10 @@ const OK_STAGE: &str = "  ok:\n    cmd: \"touch ran\"\n    outputs: [ran]\n";
 
 #[test]
 fn malformed_yaml() {
-    insta::assert_snapshot!(rejected(&[("p", "version: 1\nstages:\n  a:\n    cmd: [unclosed\n")]));
+    insta::assert_snapshot!(rejected(&[(
+        "p",
+        "version: 1\nstages:\n  a:\n    cmd: [unclosed\n"
+    )]));
 }
 
 #[test]
@@ -40,24 +53,39 @@ fn unknown_key_suggests_the_right_one() {
 
 #[test]
 fn both_cmd_and_op() {
-    insta::assert_snapshot!(rejected(&[("p", "version: 1\nstages:\n  a:\n    cmd: \"true\"\n    op: quantize\n")]));
+    insta::assert_snapshot!(rejected(&[(
+        "p",
+        "version: 1\nstages:\n  a:\n    cmd: \"true\"\n    op: quantize\n"
+    )]));
 }
 
 #[test]
 fn neither_cmd_nor_op() {
-    insta::assert_snapshot!(rejected(&[("p", "version: 1\nstages:\n  a:\n    outputs: [out.txt]\n")]));
+    insta::assert_snapshot!(rejected(&[(
+        "p",
+        "version: 1\nstages:\n  a:\n    outputs: [out.txt]\n"
+    )]));
 }
 
 #[test]
 fn unknown_op() {
-    insta::assert_snapshot!(rejected(&[("p", "version: 1\nstages:\n  a:\n    op: frobnicate\n    outputs: [out.txt]\n")]));
+    insta::assert_snapshot!(rejected(&[(
+        "p",
+        "version: 1\nstages:\n  a:\n    op: frobnicate\n    outputs: [out.txt]\n"
+    )]));
 }
 
 #[test]
 fn two_stages_declare_the_same_output_across_files() {
     insta::assert_snapshot!(rejected(&[
-        ("p", "version: 1\nstages:\n  a:\n    cmd: \"echo a > out.txt\"\n    outputs: [out.txt]\n"),
-        ("q", "version: 1\nstages:\n  b:\n    cmd: \"echo b > out.txt\"\n    outputs: [out.txt]\n"),
+        (
+            "p",
+            "version: 1\nstages:\n  a:\n    cmd: \"echo a > out.txt\"\n    outputs: [out.txt]\n"
+        ),
+        (
+            "q",
+            "version: 1\nstages:\n  b:\n    cmd: \"echo b > out.txt\"\n    outputs: [out.txt]\n"
+        ),
     ]));
 }
 

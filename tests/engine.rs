@@ -8,9 +8,11 @@ use common::{Workspace, stderr, stdout};
 /// Two independent chains: a → b (from data/a.txt) and c → d (from data/c.txt).
 fn two_chains() -> Workspace {
     let ws = Workspace::new();
-    ws.write("data/a.txt", "alpha\n").write("data/c.txt", "gamma\n").pipeline(
-        "p",
-        r#"version: 1
+    ws.write("data/a.txt", "alpha\n")
+        .write("data/c.txt", "gamma\n")
+        .pipeline(
+            "p",
+            r#"version: 1
 stages:
   a:
     cmd: "mkdir -p out && tr a-z A-Z < ${inputs.0} > ${outputs.0}"
@@ -29,7 +31,7 @@ stages:
     inputs: [out/c.txt, out/a.txt]
     outputs: [out/d.txt]
 "#,
-    );
+        );
     ws
 }
 
@@ -119,20 +121,34 @@ fn independent_stages_overlap_in_time() {
             "  {name}:\n    cmd: \"mkdir -p out && date +%s%N > out/{name}.start && sleep 0.4 && date +%s%N > out/{name}.end\"\n    outputs: [out/{name}.start, out/{name}.end]\n    volatile: true\n"
         )
     };
-    ws.pipeline("p", &format!("version: 1\nstages:\n{}{}", stage("x"), stage("y")));
+    ws.pipeline(
+        "p",
+        &format!("version: 1\nstages:\n{}{}", stage("x"), stage("y")),
+    );
     let span = |ws: &Workspace, name: &str| -> (u128, u128) {
-        let read = |suffix: &str| ws.read(&format!("out/{name}.{suffix}")).trim().parse::<u128>().unwrap();
+        let read = |suffix: &str| {
+            ws.read(&format!("out/{name}.{suffix}"))
+                .trim()
+                .parse::<u128>()
+                .unwrap()
+        };
         (read("start"), read("end"))
     };
     ws.build(&["-j", "2"], 0);
     let (x, y) = (span(&ws, "x"), span(&ws, "y"));
-    assert!(x.0 < y.1 && y.0 < x.1, "with -j 2 the stages overlap: {x:?} {y:?}");
+    assert!(
+        x.0 < y.1 && y.0 < x.1,
+        "with -j 2 the stages overlap: {x:?} {y:?}"
+    );
 
     std::fs::remove_dir_all(ws.file("out")).unwrap();
     std::fs::remove_dir_all(ws.file("cache")).unwrap();
     ws.build(&["-j", "1"], 0);
     let (x, y) = (span(&ws, "x"), span(&ws, "y"));
-    assert!(x.1 <= y.0 || y.1 <= x.0, "with -j 1 they do not: {x:?} {y:?}");
+    assert!(
+        x.1 <= y.0 || y.1 <= x.0,
+        "with -j 1 they do not: {x:?} {y:?}"
+    );
 }
 
 #[test]
@@ -141,17 +157,28 @@ fn a_failing_stage_blocks_its_dependents_and_is_not_locked() {
     ws.build(&[], 0);
     ws.pipeline(
         "p",
-        &ws.read("pipelines/p.yaml")
-            .replace("tr a-z A-Z < ${inputs.0} > ${outputs.0}", "echo half > ${outputs.0}; echo broken tool >&2; exit 7"),
+        &ws.read("pipelines/p.yaml").replace(
+            "tr a-z A-Z < ${inputs.0} > ${outputs.0}",
+            "echo half > ${outputs.0}; echo broken tool >&2; exit 7",
+        ),
     );
     let out = ws.run(&["build", "-j", "1", "--keep-going"]);
     assert_eq!(out.status.code(), Some(4));
     let err = stderr(&out);
-    assert!(err.contains("FAILED   p:a: command failed (exit status: 7)"), "{err}");
-    assert!(err.contains("broken tool"), "the tail of the stage's stderr is shown: {err}");
+    assert!(
+        err.contains("FAILED   p:a: command failed (exit status: 7)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("broken tool"),
+        "the tail of the stage's stderr is shown: {err}"
+    );
     assert!(err.contains("blocked  p:b (by p:a)"), "{err}");
     let lock: serde_json::Value = serde_json::from_str(&ws.read("pipelines/p.lock")).unwrap();
-    assert!(lock["stages"].get("a").is_none(), "a failed stage has no lock entry");
+    assert!(
+        lock["stages"].get("a").is_none(),
+        "a failed stage has no lock entry"
+    );
     assert!(lock["stages"].get("c").is_some());
 }
 
@@ -160,11 +187,22 @@ fn a_corrupt_cache_blob_is_never_used() {
     let ws = two_chains();
     ws.build(&[], 0);
     let lock: serde_json::Value = serde_json::from_str(&ws.read("pipelines/p.lock")).unwrap();
-    let hash = lock["stages"]["a"]["outputs"]["out/a.txt"]["hash"].as_str().unwrap().to_string();
-    std::fs::write(ws.file(&format!("cache/cas/{}/{hash}", &hash[..2])), "EVIL\n").unwrap();
+    let hash = lock["stages"]["a"]["outputs"]["out/a.txt"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        ws.file(&format!("cache/cas/{}/{hash}", &hash[..2])),
+        "EVIL\n",
+    )
+    .unwrap();
     std::fs::remove_file(ws.file("out/a.txt")).unwrap();
     let rebuilt = ws.build(&[], 0);
-    assert_eq!(rebuilt.of("p:a"), "ran", "the corrupt blob is rejected and the stage runs");
+    assert_eq!(
+        rebuilt.of("p:a"),
+        "ran",
+        "the corrupt blob is rejected and the stage runs"
+    );
     assert_eq!(ws.read("out/a.txt"), "ALPHA\n");
 }
 
@@ -189,7 +227,11 @@ stages:
     ws.write("data/in/one.txt", "one\n");
     let rebuilt = ws.build(&[], 0);
     assert_eq!(rebuilt.of("p:split"), "ran");
-    assert_eq!(rebuilt.of("p:pick"), "up-to-date", "its file inside the directory did not change");
+    assert_eq!(
+        rebuilt.of("p:pick"),
+        "up-to-date",
+        "its file inside the directory did not change"
+    );
     std::fs::remove_dir_all(ws.file("out/parts")).unwrap();
     assert_eq!(ws.build(&[], 0).of("p:split"), "restored");
     assert_eq!(ws.read("out/parts/one"), "one\n");
@@ -220,7 +262,10 @@ fn declared_env_is_passed_and_keyed_undeclared_env_is_not() {
     assert_eq!(changed.of("p:e"), "ran");
     assert_eq!(changed.reasons("p:e")[0]["kind"], "env_changed");
     let lock = ws.read("pipelines/p.lock");
-    assert!(!lock.contains("slow") && !lock.contains("hunter2"), "env values are hashed, never written");
+    assert!(
+        !lock.contains("slow") && !lock.contains("hunter2"),
+        "env values are hashed, never written"
+    );
 }
 
 #[test]
@@ -242,7 +287,10 @@ fn lock_files_are_identical_across_workspaces() {
     b.build(&["-j", "2"], 0);
     assert_eq!(a.read("pipelines/p.lock"), b.read("pipelines/p.lock"));
     let lock = a.read("pipelines/p.lock");
-    assert!(!lock.contains(a.path().to_str().unwrap()), "no absolute paths in the lock");
+    assert!(
+        !lock.contains(a.path().to_str().unwrap()),
+        "no absolute paths in the lock"
+    );
 }
 
 #[test]
@@ -253,7 +301,11 @@ fn gc_keeps_what_locks_refer_to() {
     ws.build(&[], 0);
     let out = ws.run(&["gc"]);
     assert!(out.status.success());
-    assert!(stderr(&out).contains("removed 2 action entries"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("removed 2 action entries"),
+        "{}",
+        stderr(&out)
+    );
     // Everything the lock names is still restorable.
     std::fs::remove_dir_all(ws.file("out")).unwrap();
     assert_eq!(ws.build(&[], 0).with("restored").len(), 4);
@@ -271,7 +323,10 @@ fn plan_check_exits_1_when_anything_would_run() {
 fn dag_prints_dot_and_mermaid() {
     let ws = two_chains();
     insta::assert_snapshot!("dag_dot", stdout(&ws.run(&["dag"])));
-    insta::assert_snapshot!("dag_mermaid", stdout(&ws.run(&["dag", "--format", "mermaid"])));
+    insta::assert_snapshot!(
+        "dag_mermaid",
+        stdout(&ws.run(&["dag", "--format", "mermaid"]))
+    );
 }
 
 #[test]
@@ -295,8 +350,18 @@ stages:
     );
     ws.build(&[], 0);
     let lock: serde_json::Value = serde_json::from_str(&ws.read("pipelines/p.lock")).unwrap();
-    assert_eq!(lock["stages"]["ship"]["ingredients"]["inputs"].as_object().unwrap().len(), 1);
-    ws.pipeline("p", &ws.read("pipelines/p.yaml").replace("test -s", "false && test -s"));
+    assert_eq!(
+        lock["stages"]["ship"]["ingredients"]["inputs"]
+            .as_object()
+            .unwrap()
+            .len(),
+        1
+    );
+    ws.pipeline(
+        "p",
+        &ws.read("pipelines/p.yaml")
+            .replace("test -s", "false && test -s"),
+    );
     let failed = ws.build(&["--keep-going"], 4);
     assert_eq!(failed.of("p:ship"), "blocked");
 }

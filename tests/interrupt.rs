@@ -58,17 +58,35 @@ fn kill_9_mid_stage_leaves_no_cache_entry_or_lock_claim() {
     child.kill().unwrap();
     let _ = child.wait();
     let stage_pid = ws.read("stage.pid").trim().to_string();
-    let status = std::process::Command::new("kill").args(["-9", &stage_pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-9", &stage_pid])
+        .status()
+        .unwrap();
     assert!(status.success());
 
-    assert_eq!(ws.read("slow.txt"), "half\n", "the stage was interrupted mid-write");
+    assert_eq!(
+        ws.read("slow.txt"),
+        "half\n",
+        "the stage was interrupted mid-write"
+    );
     assert_eq!(action_entries(&ws), 1, "only the finished stage is cached");
-    assert!(!ws.exists("pipelines/p.lock"), "no lock claims the interrupted outputs");
+    assert!(
+        !ws.exists("pipelines/p.lock"),
+        "no lock claims the interrupted outputs"
+    );
 
     ws.write("release", "");
     let rebuilt = ws.build(&["-j", "1"], 0);
-    assert_eq!(rebuilt.of("p:slow"), "ran", "the interrupted stage runs again");
-    assert_eq!(rebuilt.of("p:fast"), "restored", "finished work is reused from the cache");
+    assert_eq!(
+        rebuilt.of("p:slow"),
+        "ran",
+        "the interrupted stage runs again"
+    );
+    assert_eq!(
+        rebuilt.of("p:fast"),
+        "restored",
+        "finished work is reused from the cache"
+    );
     assert_eq!(ws.read("slow.txt"), "done\n");
 }
 
@@ -93,7 +111,10 @@ fn a_second_build_waits_for_the_first() {
         .unwrap();
     // Read the second build's stderr until it says it is waiting.
     let mut lines = BufReader::new(second.stderr.take().unwrap()).lines();
-    let waiting = lines.by_ref().map_while(Result::ok).any(|l| l.contains("waiting for another edgebuild"));
+    let waiting = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("waiting for another edgebuild"));
     assert!(waiting, "the second build says it waits");
     ws.write("release", "");
     let first = first.wait_with_output().unwrap();
@@ -101,5 +122,9 @@ fn a_second_build_waits_for_the_first() {
     let second = second.wait_with_output().unwrap();
     assert!(second.status.success());
     let report = common::Outcomes(serde_json::from_slice(&second.stdout).unwrap());
-    assert_eq!(report.with("up-to-date"), ["p:fast", "p:slow"], "it sees the first build's results");
+    assert_eq!(
+        report.with("up-to-date"),
+        ["p:fast", "p:slow"],
+        "it sees the first build's results"
+    );
 }

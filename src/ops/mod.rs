@@ -31,7 +31,10 @@ pub struct OpContext<'a> {
 
 impl OpContext<'_> {
     pub fn log(&self, line: impl Into<String>) {
-        self.log.lock().expect("op log lock poisoned").push(line.into());
+        self.log
+            .lock()
+            .expect("op log lock poisoned")
+            .push(line.into());
     }
 
     pub fn input(&self, name: &str) -> Result<&PathBuf, String> {

@@ -77,7 +77,11 @@ impl Workspace {
         let mut all = vec!["plan", "--json"];
         all.extend_from_slice(args);
         let out = self.run(&all);
-        assert!(out.status.success(), "plan failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "plan failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Outcomes(serde_json::from_slice(&out.stdout).expect("plan --json prints JSON"))
     }
 }
@@ -110,7 +114,12 @@ impl Outcomes {
         let mut ids: Vec<String> = self
             .stages()
             .iter()
-            .filter(|s| s.get("outcome").or_else(|| s.get("status")).and_then(Value::as_str) == Some(outcome))
+            .filter(|s| {
+                s.get("outcome")
+                    .or_else(|| s.get("status"))
+                    .and_then(Value::as_str)
+                    == Some(outcome)
+            })
             .map(|s| s["stage"].as_str().unwrap().to_string())
             .collect();
         ids.sort();
