@@ -51,6 +51,7 @@ BIN="$TARGET_DIR/release/edgebuild"
 BINDIR=$(mktemp -d); TMPDIRS+=("$BINDIR")
 cp "$BIN" "$BINDIR/edgebuild"
 BIN="$BINDIR/edgebuild"
+BINREV="$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo "?")$(cd "$REPO" && [[ -n $(git status --porcelain -- src 2>/dev/null) ]] && echo " + uncommitted src changes")"
 
 USE_HYPERFINE=0
 if [[ -z ${NO_HYPERFINE:-} ]] && command -v hyperfine >/dev/null; then
@@ -188,7 +189,7 @@ echo
 echo "Machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)," \
     "$(awk '/^MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo);" \
     "timer: $( ((USE_HYPERFINE)) && hyperfine --version || echo 'bash date +%s%N')"
-echo "Binary: $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$REPO" && [[ -n $(git status --porcelain -- src 2>/dev/null) ]] && echo ' (+ uncommitted src changes)')"
+echo "Binary: built from $BINREV"
 echo
 echo "| stages | full build -j $JOBS (median of $BUILD_RUNS) | no-op plan (median of $NOOP_RUNS) | no-op build (median of $NOOP_RUNS) |"
 echo "|---:|---:|---:|---:|"

@@ -64,7 +64,11 @@ pub enum Command {
         format: DagFormat,
     },
     /// Remove cache entries that no lock file in `pipelines/` refers to.
-    Gc,
+    Gc {
+        /// Collect a cache outside the workspace too (it may hold other workspaces' entries).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -117,11 +121,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
                 .max(1);
             let started = std::time::Instant::now();
+            let executor = LocalExecutor {
+                workspace_lock: Some(ctx.workspace_lock_fd()),
+            };
             let report = exec::build(
                 &ctx,
                 &selected,
                 BuildOptions { jobs, keep_going },
-                &LocalExecutor,
+                &executor,
             )
             .map_err(|e| Error::io("lock files", e))?;
             if json {
@@ -163,8 +170,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::Ok)
         }
-        Command::Gc => {
+        Command::Gc { force } => {
             let ctx = Context::open(&options, Access::Write)?;
+            let private = ctx.store.dir().starts_with(ctx.root());
+            if !private && !force {
+                return Err(Error::usage(
+                    format!("the cache {} is outside this workspace", ctx.store.dir().display()),
+                    Some("it may hold entries of other workspaces that this workspace's lock files do not name; pass --force to collect it anyway".into()),
+                ));
+            }
             let keep: BTreeSet<_> = ctx
                 .locks
                 .iter()

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::hash::{Digest, StatCache};
-use crate::key::{Ingredients, InputIngredient, OpIdentity};
+use crate::key::{Ingredients, InputIngredient, OpIdentity, OutputIngredient};
 use crate::lock::{LockFile, LockedStage};
 use crate::spec::{Action, Stage, Workspace};
 use crate::store::Store;
@@ -86,6 +86,12 @@ impl Context {
             tool_versions: Mutex::new(BTreeMap::new()),
             _workspace_lock: workspace_lock,
         })
+    }
+
+    /// The descriptor of the workspace lock, for executors that pass it on to stages.
+    pub fn workspace_lock_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self._workspace_lock.as_raw_fd()
     }
 
     pub fn root(&self) -> &Path {
@@ -204,11 +210,7 @@ impl Context {
     }
 
     /// The ingredients of a stage given the hashes of its inputs.
-    pub fn ingredients(
-        &self,
-        stage: &Stage,
-        inputs: BTreeMap<String, InputIngredient>,
-    ) -> Ingredients {
+    pub fn ingredients(&self, stage: &Stage, inputs: Vec<InputIngredient>) -> Ingredients {
         let (cmd, op, fingerprint) = match &stage.action {
             Action::Cmd(template) => (Some(template.clone()), None, BTreeMap::new()),
             Action::Op { name, version } => (
@@ -230,7 +232,10 @@ impl Context {
             outputs: stage
                 .outputs
                 .iter()
-                .map(|p| (p.name.clone(), p.path.clone()))
+                .map(|p| OutputIngredient {
+                    name: p.name.clone(),
+                    path: p.path.clone(),
+                })
                 .collect(),
             env: stage
                 .env

@@ -58,7 +58,13 @@ pub trait Executor: Sync {
 
 /// Runs `cmd` stages with `sh -c` in the workspace root, with only `PATH` and the declared
 /// environment variables set, and ops in-process.
-pub struct LocalExecutor;
+///
+/// Each command inherits the workspace lock's file descriptor, so that if edgebuild itself is
+/// killed, a stage still running keeps the workspace locked until it exits: the next build
+/// waits for it instead of racing it for the same outputs.
+pub struct LocalExecutor {
+    pub workspace_lock: Option<std::os::fd::RawFd>,
+}
 
 /// Lines of a failing command's output shown in the error.
 const LOG_TAIL_LINES: usize = 20;
@@ -77,7 +83,21 @@ impl Executor for LocalExecutor {
         match &job.stage.action {
             Action::Cmd(_) => {
                 let command = job.command.as_deref().unwrap_or_default();
-                let output = Command::new("sh")
+                let mut process = Command::new("sh");
+                if let Some(fd) = self.workspace_lock {
+                    use std::os::unix::process::CommandExt;
+                    // SAFETY: fcntl is async-signal-safe; it only clears FD_CLOEXEC on a
+                    // descriptor this process owns for the whole build.
+                    unsafe {
+                        process.pre_exec(move || {
+                            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                            Ok(())
+                        });
+                    }
+                }
+                let output = process
                     .arg("-c")
                     .arg(command)
                     .current_dir(job.root)
@@ -330,6 +350,7 @@ pub fn build(
         .filter(|&&s| waiting[s] == 0)
         .map(|&s| std::cmp::Reverse((ctx.graph.rank[s], s)))
         .collect();
+    invalidate_locks(ctx, selected)?;
     let progress = Progress::new(selected.len());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.jobs.max(1))
@@ -368,7 +389,19 @@ pub fn build(
                 let tx = tx.clone();
                 running.push(stage);
                 scope.spawn(move |_| {
-                    let result = process(ctx, stage, &upstream, executor);
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        process(ctx, stage, &upstream, executor)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".into());
+                        let mut failed = StageResult::new(&ctx.ws.stages[stage], Outcome::Failed);
+                        failed.error = Some(format!("internal error (panic): {what}"));
+                        failed
+                    });
                     let _ = tx.send((stage, result));
                 });
             }
@@ -421,6 +454,27 @@ pub fn build(
         .collect();
     write_locks(ctx, &stages)?;
     Ok(BuildReport { stages })
+}
+
+/// Before anything runs, drops from the lock files every stage that may rewrite its outputs, so
+/// a build killed midway leaves no lock entry that claims outputs which are not there. The
+/// entries come back at the end for stages that end up built.
+fn invalidate_locks(ctx: &Context, selected: &[usize]) -> std::io::Result<()> {
+    let plans = plan::plan(ctx, selected);
+    for (p, lock) in ctx.locks.iter().enumerate() {
+        let Some(lock) = lock else { continue };
+        let mut trimmed = lock.clone();
+        for (plan, &stage) in plans.iter().zip(selected) {
+            let spec = &ctx.ws.stages[stage];
+            if spec.pipeline == p && plan.status != plan::Status::UpToDate {
+                trimmed.stages.remove(&spec.name);
+            }
+        }
+        if trimmed.stages.len() != lock.stages.len() {
+            trimmed.write_if_changed(&ctx.root().join(ctx.ws.pipelines[p].lock_file()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Rewrites each pipeline's lock: built stages get fresh entries, failed ones lose theirs (their
@@ -582,6 +636,11 @@ fn restore(
                 hash: format!("{} (entry lacks output {})", entry.key, port.path),
             });
         };
+        if let Err(why) = crate::spec::normalize_path(ctx.root(), &port.path) {
+            return Err(crate::store::StoreError::Corrupt {
+                hash: format!("{} (output {} {why})", entry.key, port.path),
+            });
+        }
         let on_disk = ctx.stat.path(ctx.root(), &port.path).ok();
         if on_disk.is_some_and(|d| d.hash == output.hash) {
             continue;
@@ -602,6 +661,11 @@ fn run(
 ) -> Option<(BTreeMap<String, PathHash>, bool)> {
     let spec = &ctx.ws.stages[stage];
     for port in &spec.outputs {
+        // A stage may have created a symlink since the pipeline was checked.
+        if let Err(why) = crate::spec::normalize_path(ctx.root(), &port.path) {
+            result.error = Some(format!("output {} {why}", port.path));
+            return None;
+        }
         let path = ctx.root().join(&port.path);
         let prepared = remove_path(&path).and_then(|_| match path.parent() {
             Some(parent) => std::fs::create_dir_all(parent),

@@ -57,6 +57,16 @@ impl Graph {
                 }
             }
             for target in &stage.after {
+                if *target == stage.id {
+                    let source = ws.source_of(stage);
+                    errors.push(source.invalid(
+                        source.key_before(&stage.name, stage.span),
+                        format!("{} runs after itself", stage.id),
+                        "remove it from its own `after`",
+                        None,
+                    ));
+                    continue;
+                }
                 match ws.stage_index(target) {
                     Some(dep) => {
                         dag.add_edge(NodeIndex::new(dep), NodeIndex::new(i), EdgeKind::Order);
@@ -201,10 +211,11 @@ fn topological_order(
     let first = &ws.stages[path[0]];
     let mut names: Vec<&str> = path.iter().map(|&i| ws.stages[i].id.as_str()).collect();
     names.push(&first.id);
+    let source = ws.source_of(first);
     Err(SpecError::Cycle {
         cycle: names.join(" → "),
-        src: ws.source_of(first).named(),
-        span: first.span,
+        src: source.named(),
+        span: source.key_before(&first.name, first.span),
     })
 }
 

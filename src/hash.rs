@@ -1,8 +1,9 @@
 //! Content hashing: SHA-256 of files, directories and canonical JSON, and the stat cache.
 //!
 //! A file hashes as the SHA-256 of its bytes, streamed. A directory hashes as a Merkle tree: the
-//! SHA-256 of one line per entry in sorted relative-path order (`F <mode> <hash> <path>` for a
-//! file, `L <target-hash> <path>` for a symlink). Values (params, key ingredients) hash as
+//! SHA-256 of a header line and one line per entry in sorted relative-path order
+//! (`F <mode> <hash> <path>` for a file, `D <path>` for a subdirectory, `L <target-hash> <path>`
+//! for a symlink, which is not followed). Values (params, key ingredients) hash as
 //! canonical JSON: sorted keys, no whitespace. The [`StatCache`] remembers the hash of a file by
 //! (size, mtime, ctime, inode) so unchanged large files are not read again.
 
@@ -104,14 +105,27 @@ pub fn hash_json(value: &serde_json::Value) -> Digest {
     Digest::of_bytes(canonical_json(value).as_bytes())
 }
 
-/// What a path on disk is, with its hash.
+/// One entry of a directory tree: a file, a subdirectory or a symlink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeEntry {
     pub path: String,
+    /// The content hash of a file; of the target text for a symlink; zero for a directory.
     pub hash: Digest,
     pub size: u64,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub executable: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dir: bool,
+    /// The target of a symlink (not followed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+impl TreeEntry {
+    /// Whether the entry's content lives in a blob.
+    pub fn is_file(&self) -> bool {
+        !self.dir && self.link.is_none()
+    }
 }
 
 /// The hash of a file or directory on disk.
@@ -131,12 +145,20 @@ fn is_executable(meta: &std::fs::Metadata) -> bool {
     meta.mode() & 0o111 != 0
 }
 
-/// The Merkle hash of a directory listing.
+/// The Merkle hash of a directory listing (SPEC.md, "Keys").
 pub fn tree_hash(entries: &[TreeEntry]) -> Digest {
     let mut hasher = Sha256::new();
+    hasher.update(b"edgebuild-tree-v1\n");
     for entry in entries {
-        let mode = if entry.executable { "755" } else { "644" };
-        hasher.update(format!("F {mode} {} {}\n", entry.hash, entry.path).as_bytes());
+        let line = if entry.dir {
+            format!("D {}\n", entry.path)
+        } else if entry.link.is_some() {
+            format!("L {} {}\n", entry.hash, entry.path)
+        } else {
+            let mode = if entry.executable { "755" } else { "644" };
+            format!("F {mode} {} {}\n", entry.hash, entry.path)
+        };
+        hasher.update(line.as_bytes());
     }
     Digest(hasher.finalize().into())
 }
@@ -217,11 +239,12 @@ impl StatCache {
             return Ok((entry.hash, meta));
         }
         let (hash, _) = hash_file(&full)?;
-        let racy = meta
-            .modified()
-            .ok()
-            .and_then(|m| SystemTime::now().duration_since(m).ok())
-            .is_none_or(|age| age < RACY_WINDOW);
+        // The later of mtime and ctime: `cp -p` or `touch -r` set an old mtime on a new file.
+        let changed_ns = stamp.mtime_ns.max(stamp.ctime_ns);
+        let now_ns = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let racy = now_ns - changed_ns < RACY_WINDOW.as_nanos() as i128;
         let mut entries = self.entries.lock().expect("stat cache lock poisoned");
         if racy {
             entries.remove(rel);
@@ -247,27 +270,53 @@ impl StatCache {
         }
         let mut tree = Vec::new();
         for entry in walkdir::WalkDir::new(&full)
-            .follow_links(true)
             .sort_by_file_name()
             .min_depth(1)
         {
             let entry = entry.map_err(io::Error::other)?;
-            if entry.file_type().is_dir() {
-                continue;
-            }
             let inner = entry
                 .path()
                 .strip_prefix(&full)
                 .expect("walkdir yields paths under its root")
                 .to_string_lossy()
-                .replace('\\', "/");
-            let (hash, meta) = self.file(root, &format!("{rel}/{inner}"))?;
-            tree.push(TreeEntry {
-                path: inner,
-                hash,
-                size: meta.len(),
-                executable: is_executable(&meta),
-            });
+                .into_owned();
+            let kind = entry.file_type();
+            if kind.is_dir() {
+                tree.push(TreeEntry {
+                    path: inner,
+                    hash: Digest([0; 32]),
+                    size: 0,
+                    executable: false,
+                    dir: true,
+                    link: None,
+                });
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(entry.path())?
+                    .to_string_lossy()
+                    .into_owned();
+                tree.push(TreeEntry {
+                    path: inner,
+                    hash: Digest::of_bytes(target.as_bytes()),
+                    size: 0,
+                    executable: false,
+                    dir: false,
+                    link: Some(target),
+                });
+            } else if kind.is_file() {
+                let (hash, meta) = self.file(root, &format!("{rel}/{inner}"))?;
+                tree.push(TreeEntry {
+                    path: inner,
+                    hash,
+                    size: meta.len(),
+                    executable: is_executable(&meta),
+                    dir: false,
+                    link: None,
+                });
+            } else {
+                return Err(io::Error::other(format!(
+                    "{rel}/{inner} is neither a file, a directory nor a symlink"
+                )));
+            }
         }
         tree.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(PathHash {

@@ -23,8 +23,16 @@ pub struct OpIdentity {
 /// One input as it entered the key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputIngredient {
+    pub name: String,
     pub path: String,
     pub hash: Digest,
+}
+
+/// One declared output as it entered the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputIngredient {
+    pub name: String,
+    pub path: String,
 }
 
 /// Everything that makes up a stage's key.
@@ -36,10 +44,11 @@ pub struct Ingredients {
     pub op: Option<OpIdentity>,
     #[serde(default)]
     pub params: serde_json::Value,
+    /// In declaration order: `${inputs}` expands in this order.
     #[serde(default)]
-    pub inputs: BTreeMap<String, InputIngredient>,
+    pub inputs: Vec<InputIngredient>,
     #[serde(default)]
-    pub outputs: BTreeMap<String, String>,
+    pub outputs: Vec<OutputIngredient>,
     /// SHA-256 of each declared variable's value (`null` when unset); never the value itself.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, Option<Digest>>,
@@ -71,8 +80,11 @@ impl Ingredients {
             });
         }
         diff_json("", &old.params, &new.params, &mut reasons);
-        for (name, input) in &new.inputs {
-            match old.inputs.get(name) {
+        let find =
+            |list: &'_ [InputIngredient], name: &str| list.iter().find(|i| i.name == name).cloned();
+        for input in &new.inputs {
+            let name = &input.name;
+            match find(&old.inputs, name) {
                 Some(prev) if prev.path != input.path => {
                     reasons.push(StaleReason::InputPathChanged {
                         name: name.clone(),
@@ -91,15 +103,19 @@ impl Ingredients {
                 }),
             }
         }
-        for (name, input) in &old.inputs {
-            if !new.inputs.contains_key(name) {
+        for input in &old.inputs {
+            if find(&new.inputs, &input.name).is_none() {
                 reasons.push(StaleReason::InputRemoved {
                     path: input.path.clone(),
                 });
             }
         }
+        let names =
+            |list: &[InputIngredient]| list.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
         if old.outputs != new.outputs {
             reasons.push(StaleReason::OutputsChanged);
+        } else if reasons.is_empty() && names(&old.inputs) != names(&new.inputs) {
+            reasons.push(StaleReason::InputsReordered);
         }
         for name in old
             .env
@@ -226,6 +242,7 @@ pub enum StaleReason {
         path: String,
     },
     OutputsChanged,
+    InputsReordered,
     EnvChanged {
         name: String,
     },
@@ -272,6 +289,7 @@ impl fmt::Display for StaleReason {
             StaleReason::InputAdded { path } => write!(f, "input {path} added"),
             StaleReason::InputRemoved { path } => write!(f, "input {path} removed"),
             StaleReason::OutputsChanged => write!(f, "declared outputs changed"),
+            StaleReason::InputsReordered => write!(f, "inputs reordered"),
             StaleReason::EnvChanged { name } => write!(f, "env {name} changed"),
             StaleReason::ToolChanged { name, old, new } => write!(f, "tool {name}: {old} → {new}"),
             StaleReason::FingerprintChanged { name, old, new } => {
@@ -301,14 +319,15 @@ mod tests {
             cmd: Some("cat a > b".into()),
             op: None,
             params: json!({"bits": 8, "types": {"default": "q8_0"}}),
-            inputs: BTreeMap::from([(
-                "0".into(),
-                InputIngredient {
-                    path: "a".into(),
-                    hash: Digest::of_bytes(b"a"),
-                },
-            )]),
-            outputs: BTreeMap::from([("0".into(), "b".into())]),
+            inputs: vec![InputIngredient {
+                name: "0".into(),
+                path: "a".into(),
+                hash: Digest::of_bytes(b"a"),
+            }],
+            outputs: vec![OutputIngredient {
+                name: "0".into(),
+                path: "b".into(),
+            }],
             env: BTreeMap::new(),
             tools: BTreeMap::new(),
             fingerprint: BTreeMap::new(),

@@ -69,7 +69,7 @@ pub fn resolve_inputs<'a>(
     ctx: &Context,
     stage: usize,
     produced: impl Fn(usize) -> Produced<'a>,
-) -> Result<BTreeMap<String, InputIngredient>, InputProblem> {
+) -> Result<Vec<InputIngredient>, InputProblem> {
     let spec = &ctx.ws.stages[stage];
     let producers: Vec<usize> = ctx
         .graph
@@ -77,7 +77,7 @@ pub fn resolve_inputs<'a>(
         .filter(|(_, kind)| *kind == EdgeKind::Data)
         .map(|(d, _)| d)
         .collect();
-    let mut inputs = BTreeMap::new();
+    let mut inputs = Vec::with_capacity(spec.inputs.len());
     for port in &spec.inputs {
         let mut all_on_disk = true;
         let mut recorded = None;
@@ -115,13 +115,11 @@ pub fn resolve_inputs<'a>(
                 return Err(InputProblem::Upstream(first));
             }
         };
-        inputs.insert(
-            port.name.clone(),
-            InputIngredient {
-                path: port.path.clone(),
-                hash,
-            },
-        );
+        inputs.push(InputIngredient {
+            name: port.name.clone(),
+            path: port.path.clone(),
+            hash,
+        });
     }
     Ok(inputs)
 }

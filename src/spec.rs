@@ -149,6 +149,15 @@ impl Source {
         }
     }
 
+    /// The span of the map key `name` that precedes a value at `value`, for pointing at a
+    /// stage by its name.
+    pub fn key_before(&self, name: &str, value: SourceSpan) -> SourceSpan {
+        let head = self.text.get(..value.offset()).unwrap_or_default();
+        head.rfind(&format!("{name}:"))
+            .map(|at| SourceSpan::from((at, name.len())))
+            .unwrap_or(value)
+    }
+
     /// The span of `needle` at or after `start`, falling back to `fallback`.
     fn find_from(&self, start: usize, needle: &str, fallback: SourceSpan) -> SourceSpan {
         self.text
@@ -411,13 +420,23 @@ impl Workspace {
         self.stages.binary_search_by(|s| s.id.as_str().cmp(id)).ok()
     }
 
-    /// Cross-stage checks: duplicate outputs, `after` targets, inputs nobody provides.
+    /// Cross-stage checks: overlapping outputs, inputs nobody provides.
     fn check_graph_inputs(&self) -> Result<(), SpecError> {
         let mut errors = Vec::new();
+        // Visit stages in file order so "first declared" means first in the file.
+        let mut in_file_order: Vec<&Stage> = self.stages.iter().collect();
+        in_file_order.sort_by_key(|s| (s.pipeline, s.span.offset()));
         let mut producers: BTreeMap<&str, (&Stage, &Port)> = BTreeMap::new();
-        for stage in &self.stages {
+        for stage in in_file_order {
             for port in &stage.outputs {
-                if let Some((first, first_port)) = producers.get(port.path.as_str()) {
+                let clash = producers.get(port.path.as_str()).copied().or_else(|| {
+                    // An output inside, or containing, another stage's output.
+                    ancestors(&port.path)
+                        .find_map(|a| producers.get(a).copied())
+                        .or_else(|| paths_below(&producers, &port.path).next().map(|(_, v)| *v))
+                        .filter(|(other, _)| other.id != stage.id)
+                });
+                if let Some((first, first_port)) = clash {
                     errors.push(SpecError::DuplicateOutput {
                         path: port.path.clone(),
                         first: first.id.clone(),
@@ -437,8 +456,16 @@ impl Workspace {
         for stage in &self.stages {
             let source = self.source_of(stage);
             for port in &stage.inputs {
-                let produced = producers.keys().any(|out| paths_overlap(out, &port.path));
-                if !produced && std::fs::symlink_metadata(self.root.join(&port.path)).is_err() {
+                let overlapping: Vec<&Stage> = producers
+                    .get(port.path.as_str())
+                    .into_iter()
+                    .chain(ancestors(&port.path).filter_map(|a| producers.get(a)))
+                    .map(|(s, _)| *s)
+                    .chain(paths_below(&producers, &port.path).map(|(_, (s, _))| *s))
+                    .collect();
+                if overlapping.is_empty()
+                    && std::fs::symlink_metadata(self.root.join(&port.path)).is_err()
+                {
                     errors.push(
                         source.invalid(
                             port.span,
@@ -454,20 +481,43 @@ impl Workspace {
                         ),
                     );
                 }
-                if let Some((producer, _)) = producers.get(port.path.as_str())
-                    && producer.id == stage.id
-                {
+                if overlapping.iter().any(|s| s.id == stage.id) {
                     errors.push(source.invalid(
                         port.span,
                         format!("{} reads its own output `{}`", stage.id, port.path),
-                        "input is also an output of this stage",
-                        None,
+                        "input overlaps an output of this stage",
+                        Some("a stage's inputs and outputs must be distinct paths".into()),
                     ));
                 }
             }
         }
         SpecError::collect(errors)
     }
+}
+
+/// The proper ancestors of a workspace path: `a/b/c` → `a/b`, `a`.
+pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    let mut rest = path;
+    std::iter::from_fn(move || {
+        let (parent, _) = rest.rsplit_once('/')?;
+        rest = parent;
+        Some(parent)
+    })
+}
+
+/// Entries of a path-keyed map that lie strictly inside `dir`.
+pub fn paths_below<'m, 'k, V>(
+    map: &'m BTreeMap<&'k str, V>,
+    dir: &str,
+) -> impl Iterator<Item = (&'m &'k str, &'m V)> {
+    // Paths under `dir/` sort between `dir/` and `dir0` ('0' follows '/').
+    let (low, high) = (format!("{dir}/"), format!("{dir}0"));
+    map.range::<str, _>((
+        std::ops::Bound::Included(low.as_str()),
+        std::ops::Bound::Excluded(high.as_str()),
+    ))
+    .collect::<Vec<_>>()
+    .into_iter()
 }
 
 /// Whether one workspace path is the other or lies inside it.
@@ -589,7 +639,7 @@ fn parse_stage(
             .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
     {
         errors.push(source.invalid(
-            source.find_from(0, name, stage_span),
+            source.key_before(name, stage_span),
             format!("invalid stage name `{name}`"),
             "stage names use letters, digits, `_`, `-` and `.`",
             None,
@@ -633,7 +683,7 @@ fn parse_stage(
         }
         (None, None) => {
             errors.push(source.invalid(
-                source.find_from(0, &format!("{name}:"), stage_span),
+                source.key_before(name, stage_span),
                 format!("stage {id} has neither `cmd` nor `op`"),
                 "nothing to run",
                 Some("add `cmd: \"...\"` (a shell command) or `op: NAME` (a built-in op)".into()),
@@ -658,7 +708,7 @@ fn parse_stage(
         let mut out = Vec::new();
         for (port_name, path) in items {
             let span = span_of(&path);
-            match normalize_path(root, &path.value) {
+            match normalize_path(root, &path.value).and_then(check_not_reserved) {
                 Ok(normalized) => out.push(Port {
                     name: port_name,
                     path: normalized,
@@ -667,7 +717,7 @@ fn parse_stage(
                 Err(why) => errors.push(source.invalid(
                     span,
                     format!("{what} path `{}` of {id} {why}", path.value),
-                    "path escapes the workspace",
+                    "not a workspace path a stage may use",
                     Some("paths are relative to the workspace root and stay inside it".into()),
                 )),
             }
@@ -766,6 +816,20 @@ fn parse_stage(
         Ok(stage)
     } else {
         Err(errors)
+    }
+}
+
+/// Top-level names that belong to edgebuild or git, never to a stage.
+pub const RESERVED: &[&str] = &[PIPELINES_DIR, ".edgebuild", ".git", "cache"];
+
+fn check_not_reserved(path: String) -> Result<String, &'static str> {
+    let top = path.split('/').next().unwrap_or_default();
+    if RESERVED.contains(&top) {
+        Err(
+            "is inside a directory that belongs to edgebuild (pipelines/, cache/, .edgebuild/) or git",
+        )
+    } else {
+        Ok(path)
     }
 }
 

@@ -67,7 +67,11 @@ impl ActionEntry {
     /// Every blob the entry refers to.
     pub fn blobs(&self) -> impl Iterator<Item = Digest> + '_ {
         self.outputs.values().flat_map(|out| match &out.tree {
-            Some(tree) => tree.iter().map(|e| e.hash).collect::<Vec<_>>(),
+            Some(tree) => tree
+                .iter()
+                .filter(|e| e.is_file())
+                .map(|e| e.hash)
+                .collect::<Vec<_>>(),
             None => vec![out.hash],
         })
     }
@@ -187,7 +191,14 @@ impl Store {
                 }
                 fs::create_dir_all(dest).map_err(io_err(dest))?;
                 for entry in tree {
-                    self.materialize_file(&entry.hash, &dest.join(&entry.path), entry.executable)?;
+                    let path = dest.join(&entry.path);
+                    if entry.dir {
+                        fs::create_dir_all(&path).map_err(io_err(&path))?;
+                    } else if let Some(target) = &entry.link {
+                        std::os::unix::fs::symlink(target, &path).map_err(io_err(&path))?;
+                    } else {
+                        self.materialize_file(&entry.hash, &path, entry.executable)?;
+                    }
                 }
                 Ok(())
             }
@@ -198,9 +209,9 @@ impl Store {
     pub fn put_output(&self, output: &PathHash, source: &Path) -> Result<(), StoreError> {
         match &output.tree {
             None => self.put_file(source, &output.hash),
-            Some(tree) => tree.iter().try_for_each(|TreeEntry { path, hash, .. }| {
-                self.put_file(&source.join(path), hash)
-            }),
+            Some(tree) => tree.iter().filter(|e| e.is_file()).try_for_each(
+                |TreeEntry { path, hash, .. }| self.put_file(&source.join(path), hash),
+            ),
         }
     }
 
@@ -251,9 +262,19 @@ impl Store {
                 report.blobs += 1;
             }
         }
+        // Temporary files of a build that died; a recent one may belong to a running build.
         for path in files_under(&self.dir.join("tmp")) {
-            report.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            let _ = fs::remove_file(&path);
+            let meta = fs::metadata(&path);
+            let stale = meta
+                .as_ref()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+            if stale {
+                report.bytes += meta.map(|m| m.len()).unwrap_or(0);
+                let _ = fs::remove_file(&path);
+            }
         }
         Ok(report)
     }

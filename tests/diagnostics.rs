@@ -172,3 +172,35 @@ fn no_workspace() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no workspace found"));
 }
+
+#[test]
+fn outputs_of_two_stages_may_not_nest() {
+    insta::assert_snapshot!(rejected(&[(
+        "p",
+        "version: 1\nstages:\n  a:\n    cmd: \"mkdir -p out\"\n    outputs: [out]\n  b:\n    cmd: \"echo b > out/b.txt\"\n    outputs: [out/b.txt]\n"
+    )]));
+}
+
+#[test]
+fn a_stage_may_not_read_its_own_output() {
+    insta::assert_snapshot!(rejected(&[(
+        "p",
+        "version: 1\nstages:\n  a:\n    cmd: \"ls data > data/listing.txt\"\n    inputs: [data]\n    outputs: [data/listing.txt]\n"
+    )]));
+}
+
+#[test]
+fn edgebuild_directories_are_off_limits() {
+    insta::assert_snapshot!(rejected(&[(
+        "p",
+        "version: 1\nstages:\n  a:\n    cmd: \"true\"\n    inputs: [pipelines]\n    outputs: [cache/x]\n"
+    )]));
+}
+
+#[test]
+fn a_stage_may_not_run_after_itself() {
+    insta::assert_snapshot!(rejected(&[(
+        "p",
+        "version: 1\nstages:\n  a:\n    cmd: \"true\"\n    after: [a]\n"
+    )]));
+}

@@ -352,7 +352,7 @@ stages:
     let lock: serde_json::Value = serde_json::from_str(&ws.read("pipelines/p.lock")).unwrap();
     assert_eq!(
         lock["stages"]["ship"]["ingredients"]["inputs"]
-            .as_object()
+            .as_array()
             .unwrap()
             .len(),
         1
@@ -364,4 +364,42 @@ stages:
     );
     let failed = ws.build(&["--keep-going"], 4);
     assert_eq!(failed.of("p:ship"), "blocked");
+}
+
+#[test]
+fn reordering_inputs_changes_the_key() {
+    let ws = Workspace::new();
+    ws.write("a.txt", "A\n").write("b.txt", "B\n");
+    let pipeline = |order: &str| {
+        format!(
+            "version: 1\nstages:\n  cat:\n    cmd: \"cat ${{inputs}} > ${{outputs.0}}\"\n    inputs: {{{order}}}\n    outputs: [out.txt]\n"
+        )
+    };
+    ws.pipeline("p", &pipeline("first: a.txt, second: b.txt"));
+    ws.build(&[], 0);
+    ws.pipeline("p", &pipeline("second: b.txt, first: a.txt"));
+    let plan = ws.plan_json(&[]);
+    assert_eq!(plan.of("p:cat"), "run");
+    assert_eq!(plan.reasons("p:cat")[0]["kind"], "inputs_reordered");
+    ws.build(&[], 0);
+    assert_eq!(ws.read("out.txt"), "B\nA\n");
+}
+
+#[test]
+fn empty_directories_and_symlinks_survive_a_restore() {
+    let ws = Workspace::new();
+    ws.pipeline(
+        "p",
+        "version: 1\nstages:\n  gen:\n    cmd: \"mkdir -p out/logs && echo x > out/x.txt && ln -s x.txt out/link\"\n    outputs: [out]\n  use:\n    cmd: \"ls out/logs > listing.txt\"\n    inputs: [out/logs]\n    outputs: [listing.txt]\n",
+    );
+    ws.build(&[], 0);
+    std::fs::remove_dir_all(ws.file("out")).unwrap();
+    let rebuilt = ws.build(&[], 0);
+    assert_eq!(rebuilt.of("p:gen"), "restored");
+    assert_eq!(rebuilt.of("p:use"), "up-to-date");
+    assert!(ws.file("out/logs").is_dir());
+    assert_eq!(
+        std::fs::read_link(ws.file("out/link")).unwrap().to_str(),
+        Some("x.txt")
+    );
 }

@@ -128,3 +128,78 @@ fn a_second_build_waits_for_the_first() {
         "it sees the first build's results"
     );
 }
+
+#[test]
+fn a_stage_orphaned_by_kill_9_keeps_the_workspace_locked() {
+    let ws = Workspace::new();
+    ws.pipeline("p", SLOW);
+    let mut first = ws
+        .command()
+        .args(["build", "-j", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&ws.file("started"));
+    first.kill().unwrap();
+    let _ = first.wait();
+    // edgebuild is gone but its stage still runs: a new build must wait for it.
+    let mut second = ws
+        .command()
+        .args(["build", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(second.stderr.take().unwrap()).lines();
+    let waiting = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("waiting for another edgebuild"));
+    assert!(waiting, "the orphaned stage holds the workspace lock");
+    ws.write("release", "");
+    let second = second.wait_with_output().unwrap();
+    assert!(second.status.success());
+    let report = common::Outcomes(serde_json::from_slice(&second.stdout).unwrap());
+    assert_eq!(
+        report.of("p:slow"),
+        "ran",
+        "the orphan's unrecorded output is rebuilt"
+    );
+    assert_eq!(ws.read("slow.txt"), "done\n");
+}
+
+#[test]
+fn an_interrupted_rebuild_drops_the_stale_lock_entry() {
+    let ws = Workspace::new();
+    ws.pipeline("p", SLOW);
+    ws.write("release", "");
+    ws.build(&[], 0);
+    std::fs::remove_file(ws.file("release")).unwrap();
+    std::fs::remove_file(ws.file("started")).unwrap();
+    ws.pipeline("p", &SLOW.replace("echo done", "echo DONE"));
+    let mut child = ws
+        .command()
+        .args(["build", "-j", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&ws.file("started"));
+    child.kill().unwrap();
+    let _ = child.wait();
+    let stage_pid = ws.read("stage.pid").trim().to_string();
+    std::process::Command::new("kill")
+        .args(["-9", &stage_pid])
+        .status()
+        .unwrap();
+    let lock: serde_json::Value = serde_json::from_str(&ws.read("pipelines/p.lock")).unwrap();
+    assert!(
+        lock["stages"].get("slow").is_none(),
+        "no entry claims the half-written slow.txt"
+    );
+    assert!(
+        lock["stages"].get("fast").is_some(),
+        "untouched stages keep theirs"
+    );
+}
