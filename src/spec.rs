@@ -62,13 +62,14 @@ pub enum SpecError {
         help: Option<String>,
     },
 
-    #[error("output `{path}` is declared by two stages: {first} and {second}")]
+    #[error("output `{path}` of {second} clashes with output `{first_path}` of {first}")]
     #[diagnostic(
         code(edgebuild::duplicate_output),
-        help("an output path belongs to exactly one stage in the workspace; rename one of them")
+        help("an output path belongs to exactly one stage in the workspace, and no output may lie inside another stage's output; rename one of them")
     )]
     DuplicateOutput {
         path: String,
+        first_path: String,
         first: String,
         second: String,
         #[source_code]
@@ -439,6 +440,7 @@ impl Workspace {
                 if let Some((first, first_port)) = clash {
                     errors.push(SpecError::DuplicateOutput {
                         path: port.path.clone(),
+                        first_path: first_port.path.clone(),
                         first: first.id.clone(),
                         second: stage.id.clone(),
                         src: self.source_of(stage).named(),
