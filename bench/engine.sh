@@ -53,6 +53,7 @@ cp "$BIN" "$BINDIR/edgebuild"
 BIN="$BINDIR/edgebuild"
 BINREV="$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo "?")$(cd "$REPO" && [[ -n $(git status --porcelain -- src 2>/dev/null) ]] && echo " + uncommitted src changes")"
 
+LOAD_START=$(cut -d" " -f1 /proc/loadavg)
 USE_HYPERFINE=0
 if [[ -z ${NO_HYPERFINE:-} ]] && command -v hyperfine >/dev/null; then
     USE_HYPERFINE=1
@@ -119,15 +120,15 @@ generate() {
     }' >"$ws/pipelines/bench.yaml"
 }
 
-declare -A FULL NOOP_PLAN NOOP_BUILD
+declare -A FULL NOOP_PLAN NOOP_BUILD FULL_MIN NOOP_PLAN_MIN NOOP_BUILD_MIN
 for n in $SIZES; do
     ws=$(mktemp -d); TMPDIRS+=("$ws")
     generate "$ws" "$n"
     fresh="rm -rf '$ws/out' '$ws/cache' '$ws/.edgebuild' '$ws/pipelines/bench.lock'"
 
     log "N=$n: full build (-j $JOBS), $BUILD_RUNS runs, fresh workspace state and cache each"
-    read -r med _ < <(measure "$BUILD_RUNS" "$fresh" "'$BIN' -C '$ws' build -j $JOBS")
-    FULL[$n]=$med
+    read -r med min < <(measure "$BUILD_RUNS" "$fresh" "'$BIN' -C '$ws' build -j $JOBS")
+    FULL[$n]=$med FULL_MIN[$n]=$min
     # Sanity: the last build left a complete, up-to-date workspace.
     "$BIN" -C "$ws" plan --check >/dev/null || { echo "N=$n: plan is not clean after build" >&2; exit 1; }
 
@@ -136,12 +137,12 @@ for n in $SIZES; do
     "$BIN" -C "$ws" plan >/dev/null
 
     log "N=$n: no-op plan, $NOOP_RUNS runs"
-    read -r med _ < <(measure "$NOOP_RUNS" "" "'$BIN' -C '$ws' plan")
-    NOOP_PLAN[$n]=$med
+    read -r med min < <(measure "$NOOP_RUNS" "" "'$BIN' -C '$ws' plan")
+    NOOP_PLAN[$n]=$med NOOP_PLAN_MIN[$n]=$min
 
     log "N=$n: no-op build, $NOOP_RUNS runs"
-    read -r med _ < <(measure "$NOOP_RUNS" "" "'$BIN' -C '$ws' build -j $JOBS")
-    NOOP_BUILD[$n]=$med
+    read -r med min < <(measure "$NOOP_RUNS" "" "'$BIN' -C '$ws' build -j $JOBS")
+    NOOP_BUILD[$n]=$med NOOP_BUILD_MIN[$n]=$min
 
     rm -rf -- "$ws"
 done
@@ -190,11 +191,12 @@ echo "Machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /p
     "$(awk '/^MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo);" \
     "timer: $( ((USE_HYPERFINE)) && hyperfine --version || echo 'bash date +%s%N')"
 echo "Binary: built from $BINREV"
+echo "Load average (1 min) at start / end: $LOAD_START / $(cut -d" " -f1 /proc/loadavg) (other work on the machine inflates the figures; the min columns are the least disturbed)"
 echo
-echo "| stages | full build -j $JOBS (median of $BUILD_RUNS) | no-op plan (median of $NOOP_RUNS) | no-op build (median of $NOOP_RUNS) |"
+echo "| stages | full build -j $JOBS, median (min) of $BUILD_RUNS | no-op plan, median (min) of $NOOP_RUNS | no-op build, median (min) of $NOOP_RUNS |"
 echo "|---:|---:|---:|---:|"
 for n in $SIZES; do
-    echo "| $n | $(secs "${FULL[$n]}") s | $(ms "${NOOP_PLAN[$n]}") ms | $(ms "${NOOP_BUILD[$n]}") ms |"
+    echo "| $n | $(secs "${FULL[$n]}") s ($(secs "${FULL_MIN[$n]}")) | $(ms "${NOOP_PLAN[$n]}") ms ($(ms "${NOOP_PLAN_MIN[$n]}")) | $(ms "${NOOP_BUILD[$n]}") ms ($(ms "${NOOP_BUILD_MIN[$n]}")) |"
 done
 if [[ -z ${SKIP_HASH:-} ]]; then
     echo

@@ -63,6 +63,26 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = DagFormat::Dot)]
         format: DagFormat,
     },
+    /// Run a quantized model (a GGUF written by the quantize op) on samples and print the top-k.
+    Infer {
+        /// The GGUF model.
+        model: PathBuf,
+        /// Samples: an .npz with an `x` array (and optionally `y`), or a CSV.
+        #[arg(long)]
+        input: PathBuf,
+        /// Classes to show per sample.
+        #[arg(long, default_value_t = 3)]
+        top_k: usize,
+        /// Samples to run (from the start of the file).
+        #[arg(long, default_value_t = 5)]
+        limit: usize,
+    },
+    /// Measure this host's peak compute and memory bandwidth, as a device profile entry.
+    ProfileHost {
+        /// Name of the profile entry.
+        #[arg(long, default_value = "host")]
+        name: String,
+    },
     /// Remove cache entries that no lock file in `pipelines/` refers to.
     Gc {
         /// Collect a cache outside the workspace too (it may hold other workspaces' entries).
@@ -148,6 +168,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 started.elapsed().as_secs_f64()
             );
             let failed = report.with_outcome(Outcome::Failed);
+            let bad: Vec<&str> = report
+                .stages
+                .iter()
+                .filter(|s| s.bad_input)
+                .map(|s| s.stage.as_str())
+                .collect();
+            if !bad.is_empty() && bad.len() == failed.len() {
+                return Err(Error::StageInput {
+                    stages: bad.join(", "),
+                });
+            }
             if !failed.is_empty() {
                 return Err(Error::StagesFailed {
                     failed: failed.len(),
@@ -168,6 +199,61 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 "{}",
                 crate::graph::render(&ctx.ws, &ctx.graph, matches!(format, DagFormat::Mermaid))
             );
+            Ok(ExitCode::Ok)
+        }
+        Command::Infer {
+            model,
+            input,
+            top_k,
+            limit,
+        } => {
+            let bad = |message: String| Error::usage(message, None);
+            let quant = crate::model::QuantModel::load(&model).map_err(bad)?;
+            let data = crate::data::Dataset::load(&input, &quant.arch.input_shape).map_err(bad)?;
+            let n = limit.min(data.len());
+            let x = data.x.narrow(0, 0, n).map_err(|e| bad(e.to_string()))?;
+            let out = quant
+                .forward(&x)
+                .and_then(|y| crate::model::probabilities(&quant.arch, &y))
+                .and_then(|p| p.to_vec2::<f32>())
+                .map_err(|e| bad(e.to_string()))?;
+            for (i, row) in out.iter().enumerate() {
+                let mut ranked: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
+                ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                let shown: Vec<String> = ranked
+                    .iter()
+                    .take(top_k)
+                    .map(|(c, p)| {
+                        let label = quant
+                            .arch
+                            .labels
+                            .get(*c)
+                            .cloned()
+                            .unwrap_or_else(|| c.to_string());
+                        format!("{label} {p:.4}")
+                    })
+                    .collect();
+                let truth = data
+                    .y
+                    .as_ref()
+                    .map(|y| {
+                        format!(
+                            "  (label {})",
+                            quant
+                                .arch
+                                .labels
+                                .get(y[i] as usize)
+                                .cloned()
+                                .unwrap_or_else(|| y[i].to_string())
+                        )
+                    })
+                    .unwrap_or_default();
+                println!("sample {i}: {}{truth}", shown.join(", "));
+            }
+            Ok(ExitCode::Ok)
+        }
+        Command::ProfileHost { name } => {
+            print!("{}", crate::profile::host_profile_yaml(&name));
             Ok(ExitCode::Ok)
         }
         Command::Gc { force } => {

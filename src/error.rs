@@ -57,6 +57,13 @@ pub enum Error {
     #[diagnostic(code(edgebuild::stage_failed))]
     StagesFailed { failed: usize, stages: String },
 
+    #[error("bad input to stage(s): {stages}")]
+    #[diagnostic(
+        code(edgebuild::stage_input),
+        help("the stage's inputs or params are wrong; the problem is printed above")
+    )]
+    StageInput { stages: String },
+
     #[error("gate(s) failed: {stages}")]
     #[diagnostic(
         code(edgebuild::gate_failed),
@@ -70,7 +77,7 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Spec(_) | Error::Usage { .. } => ExitCode::BadInput,
+            Error::Spec(_) | Error::Usage { .. } | Error::StageInput { .. } => ExitCode::BadInput,
             Error::Store(_) | Error::Io { .. } | Error::StagesFailed { .. } => {
                 ExitCode::StageFailed
             }

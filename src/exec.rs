@@ -49,6 +49,8 @@ pub struct ExecSuccess {
 pub struct ExecFailure {
     pub message: String,
     pub log_tail: Vec<String>,
+    /// The stage's inputs or params are wrong (exit 2) rather than its run failing.
+    pub bad_input: bool,
 }
 
 /// Runs a job. Local today; a sandbox and a remote executor implement the same interface.
@@ -109,6 +111,7 @@ impl Executor for LocalExecutor {
                     .map_err(|e| ExecFailure {
                         message: format!("cannot start sh: {e}"),
                         log_tail: Vec::new(),
+                        bad_input: false,
                     })?;
                 if output.status.success() {
                     Ok(ExecSuccess {
@@ -123,6 +126,7 @@ impl Executor for LocalExecutor {
                     Err(ExecFailure {
                         message: format!("command failed ({})", output.status),
                         log_tail,
+                        bad_input: false,
                     })
                 }
             }
@@ -130,6 +134,7 @@ impl Executor for LocalExecutor {
                 let op = crate::ops::find(name).ok_or_else(|| ExecFailure {
                     message: format!("unknown op `{name}`"),
                     log_tail: Vec::new(),
+                    bad_input: true,
                 })?;
                 let paths = |ports: &[crate::spec::Port]| -> BTreeMap<String, PathBuf> {
                     ports
@@ -148,8 +153,9 @@ impl Executor for LocalExecutor {
                 let log = ctx.log.into_inner().unwrap_or_default();
                 match result {
                     Ok(outcome) => Ok(ExecSuccess { outcome, log }),
-                    Err(message) => Err(ExecFailure {
-                        message,
+                    Err(error) => Err(ExecFailure {
+                        bad_input: matches!(error, crate::ops::OpError::BadInput(_)),
+                        message: error.message().to_string(),
                         log_tail: log,
                     }),
                 }
@@ -194,6 +200,8 @@ pub struct StageResult {
     pub log: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked_by: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bad_input: bool,
     pub duration_ms: u64,
     #[serde(skip)]
     outputs: Option<Arc<BTreeMap<String, PathHash>>>,
@@ -211,6 +219,7 @@ impl StageResult {
             error: None,
             log: Vec::new(),
             blocked_by: None,
+            bad_input: false,
             duration_ms: 0,
             outputs: None,
             locked: None,
@@ -701,6 +710,7 @@ fn run(
         Err(failure) => {
             result.error = Some(failure.message);
             result.log = failure.log_tail;
+            result.bad_input = failure.bad_input;
             return None;
         }
     };

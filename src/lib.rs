@@ -8,14 +8,17 @@
 
 pub mod cli;
 pub mod context;
+pub mod data;
 pub mod error;
 pub mod exec;
 pub mod graph;
 pub mod hash;
 pub mod key;
 pub mod lock;
+pub mod model;
 pub mod ops;
 pub mod plan;
+pub mod profile;
 pub mod spec;
 pub mod store;
 pub mod subst;

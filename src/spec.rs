@@ -65,7 +65,9 @@ pub enum SpecError {
     #[error("output `{path}` of {second} clashes with output `{first_path}` of {first}")]
     #[diagnostic(
         code(edgebuild::duplicate_output),
-        help("an output path belongs to exactly one stage in the workspace, and no output may lie inside another stage's output; rename one of them")
+        help(
+            "an output path belongs to exactly one stage in the workspace, and no output may lie inside another stage's output; rename one of them"
+        )
     )]
     DuplicateOutput {
         path: String,
