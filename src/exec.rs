@@ -453,12 +453,28 @@ pub fn build(
     progress.finish();
     ctx.save_stat_cache();
 
+    // Stages never reached: blocked when something upstream did not succeed.
+    for &s in selected {
+        if results[s].is_none() {
+            let blocker = ctx.graph.deps(s).find(|(d, _)| {
+                results[*d]
+                    .as_ref()
+                    .is_some_and(|r| !r.outcome.succeeded() && r.outcome != Outcome::NotStarted)
+            });
+            let mut result = StageResult::new(&ctx.ws.stages[s], Outcome::NotStarted);
+            if let Some((d, _)) = blocker {
+                result.outcome = Outcome::Blocked;
+                result.blocked_by = Some(ctx.ws.stages[d].id.clone());
+            }
+            results[s] = Some(result);
+        }
+    }
     let stages: Vec<StageResult> = selected
         .iter()
         .map(|&s| {
             results[s]
                 .take()
-                .unwrap_or_else(|| StageResult::new(&ctx.ws.stages[s], Outcome::NotStarted))
+                .expect("every selected stage has a result")
         })
         .collect();
     write_locks(ctx, &stages)?;

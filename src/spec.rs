@@ -814,7 +814,12 @@ fn parse_stage(
         && let Some(op) = ops::find(name)
         && let Err(message) = op.check(&stage)
     {
-        errors.push(source.invalid(stage.action_span, format!("{id}: {message}"), "op", None));
+        // Point at the offending value when the message quotes one that appears in the stage.
+        let quoted = message.split('`').nth(1).filter(|q| !q.is_empty());
+        let span = quoted
+            .map(|q| source.find_from(stage.span.offset(), q, stage.action_span))
+            .unwrap_or(stage.action_span);
+        errors.push(source.invalid(span, format!("{id}: {message}"), "here", None));
     }
     if errors.is_empty() {
         Ok(stage)

@@ -356,7 +356,7 @@ mod tests {
     #[test]
     fn parallel_row_chunks_give_the_bytes_of_one_call() {
         // 1024 × 1024 = 1M elements, as DECISIONS 11 asks.
-        let values: Vec<f32> = (0..1024 * 1024)
+        let values: Vec<f32> = (0..1024u64 * 1024)
             .map(|i| ((i * 7919) % 10007) as f32 / 10007.0 - 0.5)
             .collect();
         let tensor = Tensor::from_vec(values, (1024, 1024), &Device::Cpu).unwrap();
