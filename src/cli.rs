@@ -141,14 +141,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
                 .max(1);
             let started = std::time::Instant::now();
-            let executor = LocalExecutor {
-                workspace_lock: Some(ctx.workspace_lock_fd()),
-            };
             let report = exec::build(
                 &ctx,
                 &selected,
                 BuildOptions { jobs, keep_going },
-                &executor,
+                &LocalExecutor,
             )
             .map_err(|e| Error::io("lock files", e))?;
             if json {

@@ -88,12 +88,6 @@ impl Context {
         })
     }
 
-    /// The descriptor of the workspace lock, for executors that pass it on to stages.
-    pub fn workspace_lock_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
-        self._workspace_lock.as_raw_fd()
-    }
-
     pub fn root(&self) -> &Path {
         &self.ws.root
     }
@@ -281,6 +275,16 @@ fn lock_workspace(root: &Path, access: Access) -> Result<File> {
             .map_err(|e| Error::io(&path, e))?;
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    if access == Access::Write {
+        // A second descriptor of the same lock, without close-on-exec: every stage process
+        // inherits it, so the lock outlives a killed edgebuild until its stages exit too. (A
+        // `pre_exec` hook would do the same per child but forces fork() over posix_spawn.)
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup of a descriptor this process owns; the copy lives as long as the process.
+        if unsafe { libc::dup(file.as_raw_fd()) } == -1 {
+            return Err(Error::io(&path, std::io::Error::last_os_error()));
+        }
     }
     Ok(file)
 }

@@ -61,12 +61,10 @@ pub trait Executor: Sync {
 /// Runs `cmd` stages with `sh -c` in the workspace root, with only `PATH` and the declared
 /// environment variables set, and ops in-process.
 ///
-/// Each command inherits the workspace lock's file descriptor, so that if edgebuild itself is
-/// killed, a stage still running keeps the workspace locked until it exits: the next build
-/// waits for it instead of racing it for the same outputs.
-pub struct LocalExecutor {
-    pub workspace_lock: Option<std::os::fd::RawFd>,
-}
+/// Each command inherits a descriptor of the workspace lock (see [`Context::open`]), so that if
+/// edgebuild itself is killed, a stage still running keeps the workspace locked until it exits:
+/// the next build waits for it instead of racing it for the same outputs.
+pub struct LocalExecutor;
 
 /// Lines of a failing command's output shown in the error.
 const LOG_TAIL_LINES: usize = 20;
@@ -86,19 +84,6 @@ impl Executor for LocalExecutor {
             Action::Cmd(_) => {
                 let command = job.command.as_deref().unwrap_or_default();
                 let mut process = Command::new("sh");
-                if let Some(fd) = self.workspace_lock {
-                    use std::os::unix::process::CommandExt;
-                    // SAFETY: fcntl is async-signal-safe; it only clears FD_CLOEXEC on a
-                    // descriptor this process owns for the whole build.
-                    unsafe {
-                        process.pre_exec(move || {
-                            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                                return Err(std::io::Error::last_os_error());
-                            }
-                            Ok(())
-                        });
-                    }
-                }
                 let output = process
                     .arg("-c")
                     .arg(command)
@@ -344,23 +329,46 @@ pub fn build(
     for &s in selected {
         in_build[s] = true;
     }
+    let mut results: Vec<Option<StageResult>> = vec![None; n];
+    // Stages the plan found up to date are done already: nothing to hash again or dispatch.
+    let plans = invalidate_locks(ctx, selected)?;
+    for (plan, &stage) in plans.into_iter().zip(selected) {
+        // Only when everything upstream (including `after`) is done and succeeded too.
+        let deps_done = ctx.graph.deps(stage).all(|(d, _)| {
+            !in_build[d] || results[d].as_ref().is_some_and(|r| r.outcome.succeeded())
+        });
+        if let (plan::Status::UpToDate, Some(outputs), true) =
+            (plan.status, plan.outputs, deps_done)
+        {
+            let mut result = StageResult::new(&ctx.ws.stages[stage], Outcome::UpToDate);
+            if plan.gate_failed {
+                result.outcome = Outcome::GateFailed;
+            }
+            result.key = plan.key;
+            result.locked = ctx.locked(stage).cloned();
+            result.outputs = Some(Arc::new(outputs));
+            results[stage] = Some(result);
+        }
+    }
     let mut waiting: Vec<usize> = (0..n)
         .map(|s| {
-            if in_build[s] {
-                ctx.graph.deps(s).filter(|(d, _)| in_build[*d]).count()
+            if in_build[s] && results[s].is_none() {
+                ctx.graph
+                    .deps(s)
+                    .filter(|(d, _)| in_build[*d] && results[*d].is_none())
+                    .count()
             } else {
                 0
             }
         })
         .collect();
-    let mut results: Vec<Option<StageResult>> = vec![None; n];
     let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<(usize, usize)>> = selected
         .iter()
-        .filter(|&&s| waiting[s] == 0)
+        .filter(|&&s| results[s].is_none() && waiting[s] == 0)
         .map(|&s| std::cmp::Reverse((ctx.graph.rank[s], s)))
         .collect();
-    invalidate_locks(ctx, selected)?;
-    let progress = Progress::new(selected.len());
+    let pending = selected.iter().filter(|&&s| results[s].is_none()).count();
+    let progress = Progress::new(pending);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.jobs.max(1))
         .thread_name(|i| format!("edgebuild-worker-{i}"))
@@ -441,7 +449,7 @@ pub fn build(
                     .collect::<Vec<_>>(),
             );
             for next in ctx.graph.dependents(stage) {
-                if in_build[next] {
+                if in_build[next] && results[next].is_none() {
                     waiting[next] -= 1;
                     if waiting[next] == 0 {
                         ready.push(std::cmp::Reverse((ctx.graph.rank[next], next)));
@@ -484,7 +492,7 @@ pub fn build(
 /// Before anything runs, drops from the lock files every stage that may rewrite its outputs, so
 /// a build killed midway leaves no lock entry that claims outputs which are not there. The
 /// entries come back at the end for stages that end up built.
-fn invalidate_locks(ctx: &Context, selected: &[usize]) -> std::io::Result<()> {
+fn invalidate_locks(ctx: &Context, selected: &[usize]) -> std::io::Result<Vec<plan::StagePlan>> {
     let plans = plan::plan(ctx, selected);
     for (p, lock) in ctx.locks.iter().enumerate() {
         let Some(lock) = lock else { continue };
@@ -499,7 +507,7 @@ fn invalidate_locks(ctx: &Context, selected: &[usize]) -> std::io::Result<()> {
             trimmed.write_if_changed(&ctx.root().join(ctx.ws.pipelines[p].lock_file()))?;
         }
     }
-    Ok(())
+    Ok(plans)
 }
 
 /// Rewrites each pipeline's lock: built stages get fresh entries, failed ones lose theirs (their

@@ -73,13 +73,21 @@ impl<'de> Deserialize<'de> for Digest {
 /// Buffer size for streaming: large enough that syscalls do not dominate.
 const CHUNK: usize = 1 << 20;
 
+thread_local! {
+    /// One read buffer per thread: hashing many small files should not allocate each time.
+    static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; CHUNK]);
+}
+
 /// Streams a reader through SHA-256, returning the digest and the byte count.
-pub fn hash_reader(mut reader: impl Read) -> io::Result<(Digest, u64)> {
+pub fn hash_reader(reader: impl Read) -> io::Result<(Digest, u64)> {
+    BUFFER.with(|buf| hash_with(reader, &mut buf.borrow_mut()))
+}
+
+fn hash_with(mut reader: impl Read, buf: &mut [u8]) -> io::Result<(Digest, u64)> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
-        let n = match reader.read(&mut buf) {
+        let n = match reader.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

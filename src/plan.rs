@@ -246,6 +246,9 @@ pub struct StagePlan {
     pub reasons: Vec<StaleReason>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub gate_failed: bool,
+    /// The outputs on disk of an up-to-date stage.
+    #[serde(skip)]
+    pub outputs: Option<BTreeMap<String, PathHash>>,
 }
 
 /// Plans the selected stages (in topological order) without running anything.
@@ -271,6 +274,7 @@ pub fn plan(ctx: &Context, selected: &[usize]) -> Vec<StagePlan> {
                     key: None,
                     reasons: vec![StaleReason::UpstreamWillRun { stage: upstream }],
                     gate_failed: false,
+                    outputs: None,
                 });
                 continue;
             }
@@ -281,17 +285,20 @@ pub fn plan(ctx: &Context, selected: &[usize]) -> Vec<StagePlan> {
                     key: None,
                     reasons: vec![StaleReason::InputRemoved { path }],
                     gate_failed: false,
+                    outputs: None,
                 });
                 continue;
             }
         };
         let ingredients = ctx.ingredients(&ctx.ws.stages[stage], inputs);
         let key = ingredients.key();
+        let mut up_to_date = None;
         let (status, reasons, gate_failed) = match decide(ctx, stage, &ingredients, key) {
             Decision::UpToDate {
                 outputs,
                 gate_failed,
             } => {
+                up_to_date = Some(outputs.clone());
                 known[stage] = Some((outputs, true));
                 (Status::UpToDate, Vec::new(), gate_failed)
             }
@@ -308,6 +315,7 @@ pub fn plan(ctx: &Context, selected: &[usize]) -> Vec<StagePlan> {
             key: Some(key),
             reasons,
             gate_failed,
+            outputs: up_to_date,
         });
     }
     plans
