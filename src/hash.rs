@@ -236,6 +236,16 @@ impl StatCache {
     pub fn file(&self, root: &Path, rel: &str) -> io::Result<(Digest, std::fs::Metadata)> {
         let full = root.join(rel);
         let meta = std::fs::metadata(&full)?;
+        self.file_with(&full, rel, meta)
+    }
+
+    /// [`StatCache::file`] for a file whose metadata the caller already has.
+    fn file_with(
+        &self,
+        full: &Path,
+        rel: &str,
+        meta: std::fs::Metadata,
+    ) -> io::Result<(Digest, std::fs::Metadata)> {
         let stamp = Stamp::of(&meta);
         if let Some(entry) = self
             .entries
@@ -246,7 +256,7 @@ impl StatCache {
         {
             return Ok((entry.hash, meta));
         }
-        let (hash, _) = hash_file(&full)?;
+        let (hash, _) = hash_file(full)?;
         // The later of mtime and ctime: `cp -p` or `touch -r` set an old mtime on a new file.
         let changed_ns = stamp.mtime_ns.max(stamp.ctime_ns);
         let now_ns = SystemTime::now()
@@ -268,7 +278,7 @@ impl StatCache {
         let full = root.join(rel);
         let meta = std::fs::metadata(&full)?;
         if !meta.is_dir() {
-            let (hash, meta) = self.file(root, rel)?;
+            let (hash, meta) = self.file_with(&full, rel, meta)?;
             return Ok(PathHash {
                 hash,
                 size: meta.len(),

@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{Digest, hash_json};
+use crate::hash::Digest;
 
 /// An op's identity inside a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,8 +61,9 @@ pub struct Ingredients {
 }
 
 impl Ingredients {
+    /// SHA-256 of the canonical JSON: fields in declaration order, params with sorted keys.
     pub fn key(&self) -> Digest {
-        hash_json(&serde_json::to_value(self).expect("ingredients serialize"))
+        Digest::of_bytes(&serde_json::to_vec(self).expect("ingredients serialize"))
     }
 
     /// Why a stage with these (new) ingredients differs from `old`.

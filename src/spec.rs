@@ -261,7 +261,7 @@ impl<'de> Deserialize<'de> for RawPorts {
 // Validated model
 
 /// One input or output of a stage. List entries are named `0`, `1`, ...
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 pub struct Port {
     pub name: String,
     pub path: String,
@@ -269,7 +269,7 @@ pub struct Port {
 }
 
 /// What a stage does.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub enum Action {
     /// A shell command (a template with `${...}` references).
     Cmd(String),
@@ -278,7 +278,7 @@ pub enum Action {
 }
 
 /// A validated stage.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 pub struct Stage {
     /// `PIPELINE:STAGE`.
     pub id: String,
@@ -365,8 +365,15 @@ impl Workspace {
         let mut pipelines = Vec::new();
         let mut stages = Vec::new();
         let mut errors = Vec::new();
+        let paths = PathChecker::new(root);
+        let cache_path = root.join(".edgebuild").join("spec-cache.json");
+        let old_cache = ParseCache::load(&cache_path);
+        let mut new_cache = ParseCache::default();
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(|e| read_err(&path, e))?;
+            let stamp = std::fs::metadata(&path)
+                .ok()
+                .map(|m| FileStamp::of(&m, text.len()));
             let name = path
                 .file_stem()
                 .and_then(|s| s.to_str())
@@ -386,11 +393,35 @@ impl Workspace {
                 name,
                 file: file.clone(),
                 description: None,
-                source: Source { name: file, text },
+                source: Source {
+                    name: file.clone(),
+                    text,
+                },
             };
             let index = pipelines.len();
-            match parse_pipeline(root, index, &pipeline) {
+            let cached = stamp
+                .as_ref()
+                .and_then(|stamp| old_cache.files.get(&file).filter(|c| c.stamp == *stamp));
+            let parsed = match cached {
+                // Parsing is the slow part; paths are checked again since the disk may differ.
+                Some(hit) => Ok((
+                    hit.description.clone(),
+                    recheck(&paths, &pipeline, index, &hit.stages),
+                )),
+                None => parse_pipeline(&paths, index, &pipeline),
+            };
+            match parsed {
                 Ok((description, parsed)) => {
+                    if let Some(stamp) = stamp.filter(|s| !s.racy() && parsed.1.is_empty()) {
+                        new_cache.files.insert(
+                            file.clone(),
+                            CachedPipeline {
+                                stamp,
+                                description: description.clone(),
+                                stages: parsed.0.clone(),
+                            },
+                        );
+                    }
                     stages.extend(parsed.0);
                     errors.extend(parsed.1);
                     pipelines.push(Pipeline {
@@ -403,6 +434,15 @@ impl Workspace {
                     pipelines.push(pipeline);
                 }
             }
+        }
+        if new_cache.files != old_cache.files
+            && std::fs::create_dir_all(root.join(".edgebuild")).is_ok()
+        {
+            // A cache: failing to write it costs speed next time, not correctness.
+            let _ = crate::store::write_atomic(
+                &cache_path,
+                &serde_json::to_vec(&new_cache).expect("stages serialize"),
+            );
         }
         SpecError::collect(errors)?;
         stages.sort_by(|a, b| a.id.cmp(&b.id));
@@ -536,8 +576,117 @@ pub fn paths_overlap(a: &str, b: &str) -> bool {
 
 type ParsedStages = (Vec<Stage>, Vec<SpecError>);
 
+/// Identity of a pipeline file on disk, for the parse cache.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+struct FileStamp {
+    size: usize,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata, size: usize) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            size,
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            inode: meta.ino(),
+        }
+    }
+
+    /// Modified so recently that another write in the same timestamp tick could go unseen.
+    fn racy(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        now - self.mtime_ns.max(self.ctime_ns) < 2_000_000_000
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+struct CachedPipeline {
+    stamp: FileStamp,
+    description: Option<String>,
+    stages: Vec<Stage>,
+}
+
+/// Parsed pipeline files by path (`.edgebuild/spec-cache.json`), valid for one edgebuild build.
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct ParseCache {
+    version: String,
+    files: BTreeMap<String, CachedPipeline>,
+}
+
+impl ParseCache {
+    fn current_version() -> String {
+        let ops: Vec<String> = ops::all()
+            .iter()
+            .map(|o| format!("{}@{}", o.name(), o.version()))
+            .collect();
+        format!(
+            "{} {} {}",
+            env!("CARGO_PKG_VERSION"),
+            env!("EDGEBUILD_RUSTC_VERSION"),
+            ops.join(",")
+        )
+    }
+
+    fn load(path: &Path) -> ParseCache {
+        std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<ParseCache>(&bytes).ok())
+            .filter(|cache| cache.version == Self::current_version())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for ParseCache {
+    fn default() -> Self {
+        ParseCache {
+            version: ParseCache::current_version(),
+            files: BTreeMap::new(),
+        }
+    }
+}
+
+/// Cached stages of one file, with their paths checked against today's disk.
+fn recheck(
+    paths: &PathChecker,
+    pipeline: &Pipeline,
+    index: usize,
+    cached: &[Stage],
+) -> ParsedStages {
+    let mut errors = Vec::new();
+    let stages = cached
+        .iter()
+        .cloned()
+        .map(|mut stage| {
+            stage.pipeline = index;
+            for (port, what) in stage
+                .inputs
+                .iter()
+                .map(|p| (p, "input"))
+                .chain(stage.outputs.iter().map(|p| (p, "output")))
+            {
+                if let Err(why) = paths.check(&port.path) {
+                    errors.push(pipeline.source.invalid(
+                        port.span,
+                        format!("{what} path `{}` of {} {why}", port.path, stage.id),
+                        "not a workspace path a stage may use",
+                        Some("paths are relative to the workspace root and stay inside it".into()),
+                    ));
+                }
+            }
+            stage
+        })
+        .collect();
+    (stages, errors)
+}
+
 fn parse_pipeline(
-    root: &Path,
+    paths: &PathChecker,
     index: usize,
     pipeline: &Pipeline,
 ) -> Result<(Option<String>, ParsedStages), SpecError> {
@@ -555,7 +704,7 @@ fn parse_pipeline(
     let mut stages = Vec::new();
     let mut errors = Vec::new();
     for (name, raw_stage) in raw.stages {
-        match parse_stage(root, index, pipeline, &name, raw_stage) {
+        match parse_stage(paths, index, pipeline, &name, raw_stage) {
             Ok(stage) => stages.push(stage),
             Err(mut e) => errors.append(&mut e),
         }
@@ -625,7 +774,7 @@ pub fn did_you_mean<'a>(
 }
 
 fn parse_stage(
-    root: &Path,
+    paths: &PathChecker,
     index: usize,
     pipeline: &Pipeline,
     name: &str,
@@ -712,7 +861,7 @@ fn parse_stage(
         let mut out = Vec::new();
         for (port_name, path) in items {
             let span = span_of(&path);
-            match normalize_path(root, &path.value).and_then(check_not_reserved) {
+            match paths.check(&path.value).and_then(check_not_reserved) {
                 Ok(normalized) => out.push(Port {
                     name: port_name,
                     path: normalized,
@@ -845,37 +994,66 @@ fn check_not_reserved(path: String) -> Result<String, &'static str> {
 /// Normalizes a workspace-relative path, rejecting anything that leaves the workspace:
 /// absolute paths, `..`, and symlinks whose target lies outside `root`.
 pub fn normalize_path(root: &Path, raw: &str) -> Result<String, &'static str> {
-    let path = Path::new(raw);
-    if raw.is_empty() {
-        return Err("is empty");
-    }
-    let mut parts: Vec<&str> = Vec::new();
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => parts.push(part.to_str().ok_or("is not UTF-8")?),
-            Component::CurDir => {}
-            Component::ParentDir => return Err("uses `..`"),
-            Component::RootDir | Component::Prefix(_) => return Err("is absolute"),
+    PathChecker::new(root).check(raw)
+}
+
+/// Checks many paths of one workspace, remembering the directories already found safe, so each
+/// path costs about one `lstat`.
+pub struct PathChecker {
+    root: PathBuf,
+    canonical_root: PathBuf,
+    safe_dirs: std::cell::RefCell<std::collections::HashSet<String>>,
+}
+
+impl PathChecker {
+    pub fn new(root: &Path) -> PathChecker {
+        PathChecker {
+            root: root.to_path_buf(),
+            canonical_root: std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()),
+            safe_dirs: Default::default(),
         }
     }
-    if parts.is_empty() {
-        return Err("names the workspace root itself");
-    }
-    let normalized = parts.join("/");
-    // Follow symlinks along the existing prefix of the path.
-    let canonical_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    let mut prefix = root.to_path_buf();
-    for part in &parts {
-        prefix.push(part);
-        if std::fs::symlink_metadata(&prefix).is_err() {
-            break;
+
+    pub fn check(&self, raw: &str) -> Result<String, &'static str> {
+        if raw.is_empty() {
+            return Err("is empty");
         }
-        match std::fs::canonicalize(&prefix) {
-            Ok(real) if real.starts_with(&canonical_root) => {}
-            _ => return Err("goes through a symlink that leaves the workspace"),
+        let mut parts: Vec<&str> = Vec::new();
+        for component in Path::new(raw).components() {
+            match component {
+                Component::Normal(part) => parts.push(part.to_str().ok_or("is not UTF-8")?),
+                Component::CurDir => {}
+                Component::ParentDir => return Err("uses `..`"),
+                Component::RootDir | Component::Prefix(_) => return Err("is absolute"),
+            }
         }
+        if parts.is_empty() {
+            return Err("names the workspace root itself");
+        }
+        let normalized = parts.join("/");
+        // Follow symlinks along the existing prefix of the path.
+        let mut prefix_len = 0;
+        for (i, part) in parts.iter().enumerate() {
+            prefix_len += part.len() + usize::from(i > 0);
+            let prefix = &normalized[..prefix_len];
+            if self.safe_dirs.borrow().contains(prefix) {
+                continue;
+            }
+            let full = self.root.join(prefix);
+            let Ok(meta) = std::fs::symlink_metadata(&full) else {
+                break;
+            };
+            if meta.file_type().is_symlink() {
+                match std::fs::canonicalize(&full) {
+                    Ok(real) if real.starts_with(&self.canonical_root) => {}
+                    _ => return Err("goes through a symlink that leaves the workspace"),
+                }
+            } else if meta.is_dir() {
+                self.safe_dirs.borrow_mut().insert(prefix.to_string());
+            }
+        }
+        Ok(normalized)
     }
-    Ok(normalized)
 }
 
 #[cfg(test)]

@@ -403,3 +403,49 @@ fn empty_directories_and_symlinks_survive_a_restore() {
         Some("x.txt")
     );
 }
+
+#[test]
+fn parsed_pipelines_are_cached_but_paths_are_checked_again() {
+    let ws = two_chains();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    let set_old = |rel: &str| {
+        std::fs::File::options()
+            .write(true)
+            .open(ws.file(rel))
+            .unwrap()
+            .set_modified(old)
+            .unwrap()
+    };
+    // A file changed in the last two seconds is not cached (its ctime cannot be set back).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    ws.build(&[], 0);
+    assert!(
+        ws.exists(".edgebuild/spec-cache.json"),
+        "a file that is not brand new is cached"
+    );
+    assert_eq!(
+        ws.build(&[], 0).with("up-to-date").len(),
+        4,
+        "a cache hit plans the same"
+    );
+
+    // The YAML did not change, but `out` became a symlink out of the workspace.
+    std::fs::remove_dir_all(ws.file("out")).unwrap();
+    std::os::unix::fs::symlink(std::env::temp_dir(), ws.file("out")).unwrap();
+    let out = ws.run(&["plan"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("goes through a symlink that leaves the workspace"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(ws.file("out")).unwrap();
+
+    // Editing the file invalidates its entry, even with an old mtime.
+    ws.pipeline("p", &ws.read("pipelines/p.yaml").replace("rev <", "tac <"));
+    set_old("pipelines/p.yaml");
+    assert_eq!(
+        ws.plan_json(&[]).reasons("p:c")[0]["kind"],
+        "action_changed"
+    );
+}
