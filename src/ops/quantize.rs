@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::quantized::{GgmlDType, QTensor, ggml_file, gguf_file};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -69,42 +69,58 @@ fn checked_type(name: &str, stage: &str) -> Result<GgmlDType, OpError> {
 /// Rows per parallel chunk: large enough to amortize scheduling, small enough to balance.
 const ROWS_PER_CHUNK: usize = 64;
 
-/// Quantizes a 2-D `[rows, cols]` tensor in parallel by chunks of whole rows. The result has the
-/// same bytes as a single `QTensor::quantize` (or `quantize_imatrix`) call.
+/// Quantizes a 2-D `[rows, cols]` tensor in parallel by chunks of whole rows, straight into one
+/// block buffer. The result has the same bytes as a single `QTensor::quantize` (or
+/// `quantize_imatrix`) call: blocks never span rows, and each row is quantized by the same code.
 pub fn quantize_rows(
     tensor: &Tensor,
     dtype: GgmlDType,
     imatrix: Option<&[f32]>,
 ) -> candle_core::Result<QTensor> {
+    use candle_core::quantized::k_quants::*;
     let (rows, cols) = tensor.dims2()?;
-    if matches!(dtype, GgmlDType::F32 | GgmlDType::F16) {
-        // A conversion, not a quantization: nothing to gain from chunks.
-        return QTensor::quantize(tensor, dtype);
-    }
-    // Chunks are built from slices of one copy of the data: candle's quantizer reads a tensor's
-    // whole storage and ignores a view's offset, so `narrow` views would all read the first rows.
     let data = tensor.flatten_all()?.to_vec1::<f32>()?;
-    let chunks: Vec<(usize, usize)> = (0..rows)
-        .step_by(ROWS_PER_CHUNK)
-        .map(|start| (start, ROWS_PER_CHUNK.min(rows - start)))
-        .collect();
-    let parts: Vec<Vec<u8>> = chunks
-        .par_iter()
-        .map(|&(start, len)| {
-            let chunk = Tensor::from_slice(
-                &data[start * cols..(start + len) * cols],
-                (len, cols),
-                &Device::Cpu,
-            )?;
-            let q = match imatrix {
-                Some(weights) => QTensor::quantize_imatrix(&chunk, weights, dtype)?,
-                None => QTensor::quantize(&chunk, dtype)?,
-            };
-            Ok(q.data()?.into_owned())
-        })
-        .collect::<candle_core::Result<_>>()?;
-    let bytes = parts.concat();
-    ggml_file::qtensor_from_ggml(dtype, &bytes, vec![rows, cols], &Device::Cpu)
+    match dtype {
+        GgmlDType::Q4_0 => quantize_blocks::<BlockQ4_0>(&data, rows, cols, imatrix),
+        GgmlDType::Q4_1 => quantize_blocks::<BlockQ4_1>(&data, rows, cols, imatrix),
+        GgmlDType::Q5_0 => quantize_blocks::<BlockQ5_0>(&data, rows, cols, imatrix),
+        GgmlDType::Q5_1 => quantize_blocks::<BlockQ5_1>(&data, rows, cols, imatrix),
+        GgmlDType::Q8_0 => quantize_blocks::<BlockQ8_0>(&data, rows, cols, imatrix),
+        GgmlDType::Q2K => quantize_blocks::<BlockQ2K>(&data, rows, cols, imatrix),
+        GgmlDType::Q3K => quantize_blocks::<BlockQ3K>(&data, rows, cols, imatrix),
+        GgmlDType::Q4K => quantize_blocks::<BlockQ4K>(&data, rows, cols, imatrix),
+        GgmlDType::Q5K => quantize_blocks::<BlockQ5K>(&data, rows, cols, imatrix),
+        GgmlDType::Q6K => quantize_blocks::<BlockQ6K>(&data, rows, cols, imatrix),
+        // f32 and f16 are conversions, not quantizations: nothing to gain from chunks.
+        _ => QTensor::quantize(tensor, dtype),
+    }
+}
+
+fn quantize_blocks<T: candle_core::quantized::GgmlType + Send + Sync + 'static>(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    imatrix: Option<&[f32]>,
+) -> candle_core::Result<QTensor> {
+    if cols % T::BLCK_SIZE != 0 {
+        candle_core::bail!(
+            "rows of {cols} values do not fit blocks of {}",
+            T::BLCK_SIZE
+        );
+    }
+    let per_row = cols / T::BLCK_SIZE;
+    let mut blocks: Vec<T> = (0..rows * per_row).map(|_| T::zeros()).collect();
+    blocks
+        .par_chunks_mut(per_row * ROWS_PER_CHUNK)
+        .zip(data.par_chunks(cols * ROWS_PER_CHUNK))
+        .for_each(|(ys, xs)| match imatrix {
+            Some(weights) => T::from_float_imatrix(xs, ys, weights, cols),
+            None => T::from_float(xs, ys),
+        });
+    QTensor::new(
+        candle_core::quantized::QStorage::Cpu(Box::new(blocks)),
+        (rows, cols),
+    )
 }
 
 /// Reads an importance matrix written by the `imatrix` op: tensor name → per-column weights.
@@ -352,6 +368,7 @@ impl Op for Quantize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn parallel_row_chunks_give_the_bytes_of_one_call() {
