@@ -13,7 +13,7 @@ tensor = values.reshape(n, n)
 print("type,seconds,mb_per_s")
 for name in ["Q8_0", "Q4_0"]:
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         start = time.perf_counter()
         quantize(tensor, GGMLQuantizationType[name])
         best = min(best, time.perf_counter() - start)

@@ -26,7 +26,7 @@ fn main() -> candle_core::Result<()> {
                 .build()
                 .expect("pool");
             let mut best = f64::MAX;
-            for _ in 0..3 {
+            for _ in 0..5 {
                 let start = Instant::now();
                 pool.install(|| quantize_rows(&tensor, dtype, None))?;
                 best = best.min(start.elapsed().as_secs_f64());

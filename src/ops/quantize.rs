@@ -79,18 +79,36 @@ pub fn quantize_rows(
 ) -> candle_core::Result<QTensor> {
     use candle_core::quantized::k_quants::*;
     let (rows, cols) = tensor.dims2()?;
-    let data = tensor.flatten_all()?.to_vec1::<f32>()?;
+    if !matches!(dtype, GgmlDType::F32 | GgmlDType::F16)
+        && tensor.dtype() != candle_core::DType::F32
+    {
+        return quantize_rows(&tensor.to_dtype(candle_core::DType::F32)?, dtype, imatrix);
+    }
+    // Borrow the f32 data in place: a copy of a large tensor would be serial work.
+    let (storage, layout) = tensor.storage_and_layout();
+    let data: &[f32] = match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(cpu), Some((start, end))) => &cpu.as_slice::<f32>()?[start..end],
+        _ => {
+            drop(storage);
+            return quantize_rows(
+                &tensor.contiguous()?.to_device(&candle_core::Device::Cpu)?,
+                dtype,
+                imatrix,
+            );
+        }
+    };
+    let data = &data[..];
     match dtype {
-        GgmlDType::Q4_0 => quantize_blocks::<BlockQ4_0>(&data, rows, cols, imatrix),
-        GgmlDType::Q4_1 => quantize_blocks::<BlockQ4_1>(&data, rows, cols, imatrix),
-        GgmlDType::Q5_0 => quantize_blocks::<BlockQ5_0>(&data, rows, cols, imatrix),
-        GgmlDType::Q5_1 => quantize_blocks::<BlockQ5_1>(&data, rows, cols, imatrix),
-        GgmlDType::Q8_0 => quantize_blocks::<BlockQ8_0>(&data, rows, cols, imatrix),
-        GgmlDType::Q2K => quantize_blocks::<BlockQ2K>(&data, rows, cols, imatrix),
-        GgmlDType::Q3K => quantize_blocks::<BlockQ3K>(&data, rows, cols, imatrix),
-        GgmlDType::Q4K => quantize_blocks::<BlockQ4K>(&data, rows, cols, imatrix),
-        GgmlDType::Q5K => quantize_blocks::<BlockQ5K>(&data, rows, cols, imatrix),
-        GgmlDType::Q6K => quantize_blocks::<BlockQ6K>(&data, rows, cols, imatrix),
+        GgmlDType::Q4_0 => quantize_blocks::<BlockQ4_0>(data, rows, cols, imatrix),
+        GgmlDType::Q4_1 => quantize_blocks::<BlockQ4_1>(data, rows, cols, imatrix),
+        GgmlDType::Q5_0 => quantize_blocks::<BlockQ5_0>(data, rows, cols, imatrix),
+        GgmlDType::Q5_1 => quantize_blocks::<BlockQ5_1>(data, rows, cols, imatrix),
+        GgmlDType::Q8_0 => quantize_blocks::<BlockQ8_0>(data, rows, cols, imatrix),
+        GgmlDType::Q2K => quantize_blocks::<BlockQ2K>(data, rows, cols, imatrix),
+        GgmlDType::Q3K => quantize_blocks::<BlockQ3K>(data, rows, cols, imatrix),
+        GgmlDType::Q4K => quantize_blocks::<BlockQ4K>(data, rows, cols, imatrix),
+        GgmlDType::Q5K => quantize_blocks::<BlockQ5K>(data, rows, cols, imatrix),
+        GgmlDType::Q6K => quantize_blocks::<BlockQ6K>(data, rows, cols, imatrix),
         // f32 and f16 are conversions, not quantizations: nothing to gain from chunks.
         _ => QTensor::quantize(tensor, dtype),
     }
