@@ -32,6 +32,50 @@ fn wait_for(path: &Path) {
     panic!("{} never appeared", path.display());
 }
 
+/// Starts a build of [`SLOW`] and returns once its slow stage is running.
+fn start_slow_build(ws: &Workspace) -> std::process::Child {
+    let child = ws
+        .command()
+        .args(["build", "-j", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&ws.file("started"));
+    child
+}
+
+/// Starts a second build and returns once it has said that it waits for the workspace lock.
+fn second_build_that_waits(ws: &Workspace) -> std::process::Child {
+    let mut second = ws
+        .command()
+        .args(["build", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(second.stderr.take().unwrap()).lines();
+    let waiting = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("waiting for another edgebuild"));
+    assert!(waiting, "the second build says it waits");
+    // Keep reading, so the build never writes to a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    second
+}
+
+/// SIGKILLs the stage [`SLOW`] left running (a positive pid: some versions of procps `kill`
+/// mis-parse a negative process-group id).
+fn kill_slow_stage(ws: &Workspace) {
+    let stage_pid = ws.read("stage.pid").trim().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-9", &stage_pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 fn action_entries(ws: &Workspace) -> usize {
     walkdir::WalkDir::new(ws.file("cache/ac"))
         .into_iter()
@@ -44,25 +88,11 @@ fn action_entries(ws: &Workspace) -> usize {
 fn kill_9_mid_stage_leaves_no_cache_entry_or_lock_claim() {
     let ws = Workspace::new();
     ws.pipeline("p", SLOW);
-    let child = ws
-        .command()
-        .args(["build", "-j", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&ws.file("started"));
-    // SIGKILL edgebuild and then its stage: neither gets a chance to clean up. (Only positive
-    // pids: some versions of procps `kill` mis-parse a negative process-group id.)
-    let mut child = child;
+    // SIGKILL edgebuild and then its stage: neither gets a chance to clean up.
+    let mut child = start_slow_build(&ws);
     child.kill().unwrap();
     let _ = child.wait();
-    let stage_pid = ws.read("stage.pid").trim().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-9", &stage_pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    kill_slow_stage(&ws);
 
     assert_eq!(
         ws.read("slow.txt"),
@@ -94,28 +124,8 @@ fn kill_9_mid_stage_leaves_no_cache_entry_or_lock_claim() {
 fn a_second_build_waits_for_the_first() {
     let ws = Workspace::new();
     ws.pipeline("p", SLOW);
-    let mut first = ws
-        .command()
-        .args(["build", "-j", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&ws.file("started"));
-    let mut second = ws
-        .command()
-        .args(["build", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read the second build's stderr until it says it is waiting.
-    let mut lines = BufReader::new(second.stderr.take().unwrap()).lines();
-    let waiting = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("waiting for another edgebuild"));
-    assert!(waiting, "the second build says it waits");
+    let first = start_slow_build(&ws);
+    let second = second_build_that_waits(&ws);
     ws.write("release", "");
     let first = first.wait_with_output().unwrap();
     assert!(first.status.success(), "{}", stderr(&first));
@@ -133,30 +143,11 @@ fn a_second_build_waits_for_the_first() {
 fn a_stage_orphaned_by_kill_9_keeps_the_workspace_locked() {
     let ws = Workspace::new();
     ws.pipeline("p", SLOW);
-    let mut first = ws
-        .command()
-        .args(["build", "-j", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&ws.file("started"));
+    let mut first = start_slow_build(&ws);
     first.kill().unwrap();
     let _ = first.wait();
     // edgebuild is gone but its stage still runs: a new build must wait for it.
-    let mut second = ws
-        .command()
-        .args(["build", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(second.stderr.take().unwrap()).lines();
-    let waiting = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("waiting for another edgebuild"));
-    assert!(waiting, "the orphaned stage holds the workspace lock");
+    let second = second_build_that_waits(&ws);
     ws.write("release", "");
     let second = second.wait_with_output().unwrap();
     assert!(second.status.success());
@@ -178,21 +169,10 @@ fn an_interrupted_rebuild_drops_the_stale_lock_entry() {
     std::fs::remove_file(ws.file("release")).unwrap();
     std::fs::remove_file(ws.file("started")).unwrap();
     ws.pipeline("p", &SLOW.replace("echo done", "echo DONE"));
-    let mut child = ws
-        .command()
-        .args(["build", "-j", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&ws.file("started"));
+    let mut child = start_slow_build(&ws);
     child.kill().unwrap();
     let _ = child.wait();
-    let stage_pid = ws.read("stage.pid").trim().to_string();
-    std::process::Command::new("kill")
-        .args(["-9", &stage_pid])
-        .status()
-        .unwrap();
+    kill_slow_stage(&ws);
     let lock: serde_json::Value = serde_json::from_str(&ws.read("pipelines/p.lock")).unwrap();
     assert!(
         lock["stages"].get("slow").is_none(),

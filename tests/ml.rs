@@ -333,6 +333,22 @@ fn bad_ml_inputs_get_clear_errors() {
         stderr(&out)
     );
 
+    // A compressed .npz is refused with the way out (DECISIONS 15).
+    let ws = digits();
+    let status = Command::new("python3")
+        .args(["-c", "import numpy as np; np.savez_compressed('examples/digits/heldout.npz', x=np.zeros((4, 64), np.float32), y=np.zeros(4, np.int64))"])
+        .current_dir(ws.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "numpy comes with the gguf package");
+    let out = ws.run(&["build", "digits:evaluate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("save it with np.savez, not np.savez_compressed"),
+        "{}",
+        stderr(&out)
+    );
+
     // Evaluation needs labels.
     let ws = digits();
     let x = candle_core::Tensor::zeros((4, 64), candle_core::DType::F32, &candle_core::Device::Cpu)

@@ -386,12 +386,16 @@ pub trait ParamSource {
     fn matmul(&self, weight: &str, x: &Tensor) -> candle_core::Result<Tensor>;
 }
 
+fn named(tensors: &BTreeMap<String, Tensor>, name: &str) -> candle_core::Result<Tensor> {
+    tensors
+        .get(name)
+        .cloned()
+        .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))
+}
+
 impl ParamSource for FloatWeights {
     fn tensor(&self, name: &str) -> candle_core::Result<Tensor> {
-        self.tensors
-            .get(name)
-            .cloned()
-            .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))
+        named(&self.tensors, name)
     }
 
     fn matmul(&self, weight: &str, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -630,10 +634,7 @@ impl QuantModel {
 
 impl ParamSource for QuantModel {
     fn tensor(&self, name: &str) -> candle_core::Result<Tensor> {
-        self.tensors
-            .get(name)
-            .cloned()
-            .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))
+        named(&self.tensors, name)
     }
 
     fn matmul(&self, weight: &str, x: &Tensor) -> candle_core::Result<Tensor> {
