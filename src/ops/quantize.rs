@@ -97,7 +97,6 @@ pub fn quantize_rows(
             );
         }
     };
-    let data = &data[..];
     match dtype {
         GgmlDType::Q4_0 => quantize_blocks::<BlockQ4_0>(data, rows, cols, imatrix),
         GgmlDType::Q4_1 => quantize_blocks::<BlockQ4_1>(data, rows, cols, imatrix),
@@ -120,7 +119,7 @@ fn quantize_blocks<T: candle_core::quantized::GgmlType + Send + Sync + 'static>(
     cols: usize,
     imatrix: Option<&[f32]>,
 ) -> candle_core::Result<QTensor> {
-    if cols % T::BLCK_SIZE != 0 {
+    if !cols.is_multiple_of(T::BLCK_SIZE) {
         candle_core::bail!(
             "rows of {cols} values do not fit blocks of {}",
             T::BLCK_SIZE
@@ -252,7 +251,7 @@ impl Op for Quantize {
             }
             let rows = spec.shape[0];
             let cols: usize = spec.shape[1..].iter().product();
-            let fits = |t: GgmlDType| cols % t.block_size() == 0;
+            let fits = |t: GgmlDType| cols.is_multiple_of(t.block_size());
             let (dtype, reason) = match overrides.iter().find(|(m, _, _)| m.is_match(&spec.name)) {
                 Some((_, t, pattern)) => {
                     if !fits(*t) {
@@ -268,7 +267,7 @@ impl Op for Quantize {
                 }
                 None if fits(default) => (default, "default type".to_string()),
                 None => {
-                    let fallback = if cols % 32 == 0 {
+                    let fallback = if cols.is_multiple_of(32) {
                         GgmlDType::Q8_0
                     } else {
                         GgmlDType::F16
