@@ -367,8 +367,9 @@ impl Workspace {
         let mut errors = Vec::new();
         let paths = PathChecker::new(root);
         let cache_path = root.join(".edgebuild").join("spec-cache.json");
-        let old_cache = ParseCache::load(&cache_path);
-        let mut new_cache = ParseCache::default();
+        let mut old_cache = ParseCache::load(&cache_path);
+        let mut cached_files = Vec::new();
+        let mut cache_changed = false;
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(|e| read_err(&path, e))?;
             let stamp = std::fs::metadata(&path)
@@ -399,28 +400,29 @@ impl Workspace {
                 },
             };
             let index = pipelines.len();
-            let cached = stamp
+            let hit = stamp
                 .as_ref()
-                .and_then(|stamp| old_cache.files.get(&file).filter(|c| c.stamp == *stamp));
-            let parsed = match cached {
+                .and_then(|stamp| old_cache.files.remove(&file).filter(|c| c.stamp == *stamp));
+            let from_cache = hit.is_some();
+            let parsed = match hit {
                 // Parsing is the slow part; paths are checked again since the disk may differ.
                 Some(hit) => Ok((
-                    hit.description.clone(),
-                    recheck(&paths, &pipeline, index, &hit.stages),
+                    hit.description,
+                    recheck(&paths, &pipeline, index, hit.stages),
                 )),
                 None => parse_pipeline(&paths, index, &pipeline),
             };
             match parsed {
                 Ok((description, parsed)) => {
-                    if let Some(stamp) = stamp.filter(|s| !s.racy() && parsed.1.is_empty()) {
-                        new_cache.files.insert(
+                    let cacheable = stamp.filter(|s| !s.racy() && parsed.1.is_empty());
+                    cache_changed |= !from_cache && cacheable.is_some();
+                    if let Some(stamp) = cacheable {
+                        cached_files.push((
                             file.clone(),
-                            CachedPipeline {
-                                stamp,
-                                description: description.clone(),
-                                stages: parsed.0.clone(),
-                            },
-                        );
+                            stamp,
+                            description.clone(),
+                            stages.len()..stages.len() + parsed.0.len(),
+                        ));
                     }
                     stages.extend(parsed.0);
                     errors.extend(parsed.1);
@@ -435,9 +437,26 @@ impl Workspace {
                 }
             }
         }
-        if new_cache.files != old_cache.files
-            && std::fs::create_dir_all(root.join(".edgebuild")).is_ok()
-        {
+        // Entries of files that are gone or changed are left in `old_cache`.
+        cache_changed |= !old_cache.files.is_empty();
+        if cache_changed && std::fs::create_dir_all(root.join(".edgebuild")).is_ok() {
+            let new_cache = ParseCache {
+                files: cached_files
+                    .into_iter()
+                    .map(|(file, stamp, description, range)| {
+                        let stages = stages[range].to_vec();
+                        (
+                            file,
+                            CachedPipeline {
+                                stamp,
+                                description,
+                                stages,
+                            },
+                        )
+                    })
+                    .collect(),
+                ..ParseCache::default()
+            };
             // A cache: failing to write it costs speed next time, not correctness.
             let _ = crate::store::write_atomic(
                 &cache_path,
@@ -656,12 +675,11 @@ fn recheck(
     paths: &PathChecker,
     pipeline: &Pipeline,
     index: usize,
-    cached: &[Stage],
+    cached: Vec<Stage>,
 ) -> ParsedStages {
     let mut errors = Vec::new();
     let stages = cached
-        .iter()
-        .cloned()
+        .into_iter()
         .map(|mut stage| {
             stage.pipeline = index;
             for (port, what) in stage
