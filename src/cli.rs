@@ -157,13 +157,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             eprintln!(
-                "Build: {} ran, {} restored, {} up to date, {} failed, {} gate(s) failed, {} blocked in {:.2}s",
+                "Build: {} ran, {} restored, {} up to date, {} failed, {} gate(s) failed, {} blocked{} in {:.2}s",
                 report.count(Outcome::Ran),
                 report.count(Outcome::Restored),
                 report.count(Outcome::UpToDate),
                 report.count(Outcome::Failed),
                 report.count(Outcome::GateFailed),
-                report.count(Outcome::Blocked) + report.count(Outcome::NotStarted),
+                report.count(Outcome::Blocked),
+                match report.count(Outcome::NotStarted) {
+                    0 => String::new(),
+                    n => format!(", {n} not started after the failure"),
+                },
                 started.elapsed().as_secs_f64()
             );
             let failed = report.with_outcome(Outcome::Failed);
@@ -184,6 +188,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     stages: failed.join(", "),
                 });
             }
+            std::mem::forget(ctx); // see `plan`
             let gates = report.with_outcome(Outcome::GateFailed);
             if !gates.is_empty() {
                 return Err(Error::GatesFailed {
