@@ -213,6 +213,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let bad = |message: String| Error::usage(message, None);
             let quant = crate::model::QuantModel::load(&model).map_err(bad)?;
+            quant.arch.classes().map_err(bad)?;
             let data = crate::data::Dataset::load(&input, &quant.arch.input_shape).map_err(bad)?;
             let n = limit.min(data.len());
             let x = data.x.narrow(0, 0, n).map_err(|e| bad(e.to_string()))?;

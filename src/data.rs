@@ -174,6 +174,13 @@ fn read_csv(path: &Path) -> Result<(Tensor, Option<Vec<u32>>), String> {
                 )
             })?;
             if Some(col) == label_column {
+                if value < 0.0 || value.fract() != 0.0 || value > u32::MAX as f64 {
+                    return Err(format!(
+                        "{}: row {}: label `{field}` is not a class index (a non-negative integer)",
+                        path.display(),
+                        row + 1
+                    ));
+                }
                 ys.push(value as u32);
             } else {
                 xs.push(value as f32);

@@ -544,6 +544,19 @@ impl Workspace {
                         ),
                     );
                 }
+                if let Some(volatile) = overlapping.iter().find(|s| s.volatile && s.id != stage.id)
+                    && !stage.volatile
+                {
+                    errors.push(source.invalid(
+                        port.span,
+                        format!(
+                            "{} reads `{}`, a volatile output of {}",
+                            stage.id, port.path, volatile.id
+                        ),
+                        "measured values would flow into a reproducible stage",
+                        Some("declare this stage `volatile: true` too, or order it with `after:` instead of reading the output (DECISIONS 8)".into()),
+                    ));
+                }
                 if overlapping.iter().any(|s| s.id == stage.id) {
                     errors.push(source.invalid(
                         port.span,

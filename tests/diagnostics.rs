@@ -204,3 +204,11 @@ fn a_stage_may_not_run_after_itself() {
         "version: 1\nstages:\n  a:\n    cmd: \"true\"\n    after: [a]\n"
     )]));
 }
+
+#[test]
+fn a_reproducible_stage_may_not_read_a_volatile_output() {
+    insta::assert_snapshot!(rejected(&[(
+        "p",
+        "version: 1\nstages:\n  time:\n    cmd: \"date > t.txt\"\n    outputs: [t.txt]\n    volatile: true\n  ship:\n    cmd: \"cp t.txt shipped.txt\"\n    inputs: [t.txt]\n    outputs: [shipped.txt]\n"
+    )]));
+}

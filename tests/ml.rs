@@ -349,6 +349,53 @@ fn bad_ml_inputs_get_clear_errors() {
         stderr(&out)
     );
 
+    // A kernel of zero, labels outside the classes, a profile without a speed.
+    let ws = digits();
+    let arch = ws.read("examples/digits/mlp.yaml");
+    ws.write(
+        "examples/digits/mlp.yaml",
+        &arch.replace(
+            "out: 256}\n  - {type: relu}\n  - {type: linear, name: fc2",
+            "out: 0}\n  - {type: relu}\n  - {type: linear, name: fc2",
+        ),
+    );
+    let out = ws.run(&["build", "digits:quantize"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("`out` must be at least 1"),
+        "{}",
+        stderr(&out)
+    );
+    let ws = digits();
+    let x = candle_core::Tensor::zeros((2, 64), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
+    let y = candle_core::Tensor::new(&[3i64, 12], &candle_core::Device::Cpu).unwrap();
+    candle_core::Tensor::write_npz(
+        &[("x", &x), ("y", &y)],
+        ws.file("examples/digits/heldout.npz"),
+    )
+    .unwrap();
+    let out = ws.run(&["build", "digits:evaluate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("label 12 is out of range for a model with 10 classes"),
+        "{}",
+        stderr(&out)
+    );
+    let ws = digits();
+    ws.write(
+        "devices/profiles.yaml",
+        &ws.read("devices/profiles.yaml")
+            .replace("peak_gflops: 0.96", "peak_gflops: 0"),
+    );
+    let out = ws.run(&["build", "digits:report"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("peak_gflops must be a positive number"),
+        "{}",
+        stderr(&out)
+    );
+
     // Evaluation needs labels.
     let ws = digits();
     let x = candle_core::Tensor::zeros((4, 64), candle_core::DType::F32, &candle_core::Device::Cpu)

@@ -140,6 +140,40 @@ impl Layer {
         }
     }
 
+    /// The first size field that is zero, if any: every size, kernel and stride must be >= 1.
+    fn zero_size(&self) -> Option<&'static str> {
+        let fields: Vec<(&'static str, usize)> = match self {
+            Layer::Linear {
+                in_features,
+                out_features,
+                ..
+            } => vec![("in", *in_features), ("out", *out_features)],
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                ..
+            } => vec![
+                ("in_channels", *in_channels),
+                ("out_channels", *out_channels),
+                ("kernel", *kernel),
+                ("stride", *stride),
+            ],
+            Layer::Batchnorm { features, .. } | Layer::Layernorm { features, .. } => {
+                vec![("features", *features)]
+            }
+            Layer::Maxpool { kernel, stride } | Layer::Avgpool { kernel, stride } => {
+                vec![("kernel", *kernel), ("stride", stride.unwrap_or(*kernel))]
+            }
+            _ => Vec::new(),
+        };
+        fields
+            .into_iter()
+            .find(|(_, v)| *v == 0)
+            .map(|(name, _)| name)
+    }
+
     fn name(&self) -> Option<&str> {
         match self {
             Layer::Linear { name, .. }
@@ -180,6 +214,9 @@ impl Architecture {
         let mut infos = Vec::new();
         for (index, layer) in self.layers.iter().enumerate() {
             let at = |msg: String| format!("layer {index} ({}): {msg}", layer.kind());
+            if let Some(field) = layer.zero_size() {
+                return Err(at(format!("`{field}` must be at least 1")));
+            }
             let input_shape = shape.clone();
             let mut tensors = Vec::new();
             let mut macs = 0u64;
@@ -320,6 +357,20 @@ impl Architecture {
             .into_iter()
             .flat_map(|l| l.tensors)
             .collect())
+    }
+
+    /// The number of classes of a classifier (a model whose output is one vector per sample).
+    pub fn classes(&self) -> Result<usize, String> {
+        let infos = self.layer_infos()?;
+        let shape = infos
+            .last()
+            .map_or(self.input_shape.clone(), |l| l.output_shape.clone());
+        match shape[..] {
+            [classes] => Ok(classes),
+            _ => Err(format!(
+                "the model outputs {shape:?} per sample, not one score per class (add flatten and a linear layer?)"
+            )),
+        }
     }
 
     pub fn output_len(&self) -> usize {
@@ -590,6 +641,13 @@ pub struct QuantModel {
 
 impl QuantModel {
     pub fn load(path: &Path) -> Result<QuantModel, String> {
+        for var in ["CANDLE_DEQUANTIZE_ALL", "CANDLE_DEQUANTIZE_ALL_F16"] {
+            if std::env::var_os(var).is_some() {
+                return Err(format!(
+                    "{var} is set: candle would run the quantized model in float; unset it to evaluate the real quantized kernels"
+                ));
+            }
+        }
         let err = |e: candle_core::Error| format!("{}: {e}", path.display());
         let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let content = gguf_file::Content::read(&mut file).map_err(err)?;

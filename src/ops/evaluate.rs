@@ -88,6 +88,13 @@ impl Op for Evaluate {
         let data_path = ctx.input("data")?;
         let data = Dataset::load(data_path, &arch.input_shape).map_err(OpError::BadInput)?;
         let labels = data.labels(data_path).map_err(OpError::BadInput)?;
+        let classes = arch.classes().map_err(OpError::BadInput)?;
+        if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes) {
+            return Err(OpError::BadInput(format!(
+                "{}: label {bad} is out of range for a model with {classes} classes",
+                data_path.display()
+            )));
+        }
 
         let n = data.len();
         let (mut float_ok, mut quant_ok, mut agree) = (0usize, 0usize, 0usize);

@@ -141,7 +141,12 @@ impl Op for Package {
                 file_name("gguf")?: { "sha256": gguf_hash, "bytes": bytes.len() },
                 file_name("header")?: { "sha256": crate::hash::Digest::of_bytes(header.as_bytes()).hex(), "bytes": header.len(), "symbol": params.symbol, "alignment": params.alignment },
             },
-            "gates": gates,
+            // The verdict, not the measured values: those may depend on the host (DECISIONS 8).
+            "gates": {
+                "passed": true,
+                "verdict_sha256": crate::hash::hash_file(ctx.input("gates")?).map_err(|e| OpError::Failed(e.to_string()))?.0.hex(),
+                "checks": gates["checks"].as_array().into_iter().flatten().map(|c| serde_json::json!({"name": c["name"], "passed": c["passed"]})).collect::<Vec<_>>(),
+            },
             "inputs": inputs,
         });
         super::write_json(ctx.output("manifest")?, &manifest)?;

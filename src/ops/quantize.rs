@@ -230,9 +230,24 @@ impl Op for Quantize {
             })
             .collect::<Result<_, OpError>>()?;
 
+        let specs = arch.tensor_specs().map_err(OpError::BadInput)?;
+        for (matcher, _, pattern) in &overrides {
+            if !specs.iter().any(|s| s.matmul && matcher.is_match(&s.name)) {
+                let weights: Vec<&str> = specs
+                    .iter()
+                    .filter(|s| s.matmul)
+                    .map(|s| s.name.as_str())
+                    .collect();
+                return Err(OpError::BadInput(format!(
+                    "{}: override `{pattern}` matches no matmul weight (they are: {})",
+                    ctx.stage_id,
+                    weights.join(", ")
+                )));
+            }
+        }
         let mut decisions: BTreeMap<String, Decision> = BTreeMap::new();
         let mut quantized: Vec<(String, QTensor)> = Vec::new();
-        for spec in arch.tensor_specs().map_err(OpError::BadInput)? {
+        for spec in specs {
             let tensor = &weights.tensors[&spec.name];
             if !spec.matmul {
                 quantized.push((

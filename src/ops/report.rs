@@ -46,7 +46,22 @@ pub struct ProfilesFile {
 impl ProfilesFile {
     pub fn load(path: &Path) -> Result<ProfilesFile, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let file: ProfilesFile =
+            serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for (name, p) in &file.profiles {
+            for (field, value) in [
+                ("peak_gflops", p.peak_gflops),
+                ("bandwidth_gbps", p.bandwidth_gbps),
+            ] {
+                if !(value.is_finite() && value > 0.0) {
+                    return Err(format!(
+                        "{}: profile `{name}`: {field} must be a positive number, not {value}",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        Ok(file)
     }
 }
 
@@ -185,7 +200,8 @@ impl Op for Report {
             }));
             previous = layer.activation_bytes;
         }
-        let total_params: u64 = tensors.iter().map(|t| t.params).sum();
+        // Parameters as the layers count them: BatchNorm's running statistics are buffers.
+        let total_params: u64 = infos.iter().map(|l| l.params).sum();
         let total_weight_bytes: u64 = tensors.iter().map(|t| t.bytes).sum();
         let total_macs: u64 = infos.iter().map(|l| l.macs).sum();
 
