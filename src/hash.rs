@@ -109,10 +109,6 @@ pub fn canonical_json(value: &serde_json::Value) -> String {
     serde_json::to_string(value).expect("a JSON value always serializes")
 }
 
-pub fn hash_json(value: &serde_json::Value) -> Digest {
-    Digest::of_bytes(canonical_json(value).as_bytes())
-}
-
 /// One entry of a directory tree: a file, a subdirectory or a symlink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeEntry {

@@ -268,7 +268,6 @@ pub enum StaleReason {
     UpstreamWillRun {
         stage: String,
     },
-    Forced,
 }
 
 impl fmt::Display for StaleReason {
@@ -305,7 +304,6 @@ impl fmt::Display for StaleReason {
                 write!(f, "output {path} modified on disk: {expected} → {actual}")
             }
             StaleReason::UpstreamWillRun { stage } => write!(f, "upstream {stage} will run"),
-            StaleReason::Forced => write!(f, "forced"),
         }
     }
 }

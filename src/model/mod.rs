@@ -372,13 +372,6 @@ impl Architecture {
             )),
         }
     }
-
-    pub fn output_len(&self) -> usize {
-        self.layer_infos()
-            .ok()
-            .and_then(|l| l.last().map(|l| l.output_shape.iter().product()))
-            .unwrap_or_else(|| self.input_shape.iter().product())
-    }
 }
 
 /// Float weights by `state_dict` name, checked against an architecture.
