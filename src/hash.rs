@@ -7,7 +7,6 @@
 //! canonical JSON: sorted keys, no whitespace. The [`StatCache`] remembers the hash of a file by
 //! (size, mtime, ctime, inode) so unchanged large files are not read again.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
@@ -201,7 +200,7 @@ const RACY_WINDOW: Duration = Duration::from_secs(2);
 /// Remembers file hashes by stat fingerprint, keyed by workspace-relative path.
 #[derive(Debug, Default)]
 pub struct StatCache {
-    entries: Mutex<BTreeMap<String, StatEntry>>,
+    entries: Mutex<std::collections::HashMap<String, StatEntry>>,
     dirty: std::sync::atomic::AtomicBool,
 }
 
