@@ -38,6 +38,13 @@ fn edit(ws: &Workspace, from: &str, to: &str) {
     ws.pipeline("digits", &yaml.replace(from, to));
 }
 
+/// Builds `target` and checks that it fails as bad input (exit 2) saying `needle`.
+fn assert_bad_input(ws: &Workspace, target: &str, needle: &str) {
+    let out = ws.run(&["build", target]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+}
+
 /// The data bytes of one tensor of a GGUF file.
 fn tensor_bytes(path: &Path, name: &str) -> Vec<u8> {
     let mut file = std::fs::File::open(path).unwrap();
@@ -295,12 +302,10 @@ fn bad_ml_inputs_get_clear_errors() {
         "{tensors: \"fc1.weight\", type: q8_0}",
         "{tensors: \"fc1.weight\", type: q4_k}",
     );
-    let out = ws.run(&["build", "digits:quantize"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("rows of 64 values are not a multiple of its block of 256"),
-        "{}",
-        stderr(&out)
+    assert_bad_input(
+        &ws,
+        "digits:quantize",
+        "rows of 64 values are not a multiple of its block of 256",
     );
 
     // Weights that do not match the architecture: a missing tensor, a wrong shape.
@@ -310,12 +315,10 @@ fn bad_ml_inputs_get_clear_errors() {
         "examples/digits/mlp.yaml",
         &arch.replace("name: fc3", "name: head"),
     );
-    let out = ws.run(&["build", "digits:quantize"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("tensor `head.weight` (shape [10, 256]) is missing"),
-        "{}",
-        stderr(&out)
+    assert_bad_input(
+        &ws,
+        "digits:quantize",
+        "tensor `head.weight` (shape [10, 256]) is missing",
     );
     ws.write(
         "examples/digits/mlp.yaml",
@@ -323,14 +326,10 @@ fn bad_ml_inputs_get_clear_errors() {
             .replace("out: 10}", "out: 12}")
             .replace("\"9\"]", "\"9\", a, b]"),
     );
-    let out = ws.run(&["build", "digits:quantize"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains(
-            "tensor `fc3.weight` has shape [10, 256] but the architecture needs [12, 256]"
-        ),
-        "{}",
-        stderr(&out)
+    assert_bad_input(
+        &ws,
+        "digits:quantize",
+        "tensor `fc3.weight` has shape [10, 256] but the architecture needs [12, 256]",
     );
 
     // A compressed .npz is refused with the way out (DECISIONS 15).
@@ -341,12 +340,10 @@ fn bad_ml_inputs_get_clear_errors() {
         .status()
         .unwrap();
     assert!(status.success(), "numpy comes with the gguf package");
-    let out = ws.run(&["build", "digits:evaluate"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("save it with np.savez, not np.savez_compressed"),
-        "{}",
-        stderr(&out)
+    assert_bad_input(
+        &ws,
+        "digits:evaluate",
+        "save it with np.savez, not np.savez_compressed",
     );
 
     // A kernel of zero, labels outside the classes, a profile without a speed.
@@ -359,13 +356,7 @@ fn bad_ml_inputs_get_clear_errors() {
             "out: 0}\n  - {type: relu}\n  - {type: linear, name: fc2",
         ),
     );
-    let out = ws.run(&["build", "digits:quantize"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("`out` must be at least 1"),
-        "{}",
-        stderr(&out)
-    );
+    assert_bad_input(&ws, "digits:quantize", "`out` must be at least 1");
     let ws = digits();
     let x = candle_core::Tensor::zeros((2, 64), candle_core::DType::F32, &candle_core::Device::Cpu)
         .unwrap();
@@ -375,12 +366,10 @@ fn bad_ml_inputs_get_clear_errors() {
         ws.file("examples/digits/heldout.npz"),
     )
     .unwrap();
-    let out = ws.run(&["build", "digits:evaluate"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("label 12 is out of range for a model with 10 classes"),
-        "{}",
-        stderr(&out)
+    assert_bad_input(
+        &ws,
+        "digits:evaluate",
+        "label 12 is out of range for a model with 10 classes",
     );
     let ws = digits();
     ws.write(
@@ -388,12 +377,10 @@ fn bad_ml_inputs_get_clear_errors() {
         &ws.read("devices/profiles.yaml")
             .replace("peak_gflops: 0.96", "peak_gflops: 0"),
     );
-    let out = ws.run(&["build", "digits:report"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("peak_gflops must be a positive number"),
-        "{}",
-        stderr(&out)
+    assert_bad_input(
+        &ws,
+        "digits:report",
+        "peak_gflops must be a positive number",
     );
 
     // Evaluation needs labels.
