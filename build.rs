@@ -15,5 +15,17 @@ fn main() {
         "cargo:rustc-env=EDGEBUILD_TARGET={}",
         std::env::var("TARGET").unwrap_or_default()
     );
+    // Compile-time target features (SSE, AVX, FMA, NEON...) change float results of generated code.
+    let mut features: Vec<String> = std::env::var("CARGO_CFG_TARGET_FEATURE")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect();
+    features.sort();
+    println!(
+        "cargo:rustc-env=EDGEBUILD_TARGET_FEATURES={}",
+        features.join(",")
+    );
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -57,6 +57,29 @@ pub enum Command {
         /// Print the result of every stage as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Pass this variable of edgebuild's environment to `cmd` stages, outside their keys.
+        /// Internal: used by `verify-reproducible --vary` with a private cache.
+        #[arg(long, hide = true, value_name = "NAME")]
+        variation_env: Vec<String>,
+    },
+    /// Rebuild a commit from scratch and compare its artifacts with the lock committed there
+    /// (or, with --vary, build the working tree twice under different conditions).
+    VerifyReproducible {
+        /// The commit to verify (a hash, branch, tag, HEAD~1...).
+        #[arg(required_unless_present = "vary")]
+        commit: Option<String>,
+        /// Pipelines to verify (file stems); default all.
+        pipelines: Vec<String>,
+        /// Build the working tree twice, varying the working directory, time zone, locale,
+        /// umask, SOURCE_DATE_EPOCH, jobs and threads, and compare the two builds.
+        #[arg(long)]
+        vary: bool,
+        /// Print the comparison as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Keep the temporary workspace copies and caches (their path is printed).
+        #[arg(long)]
+        keep: bool,
     },
     /// Print the stage graph.
     Dag {
@@ -136,6 +159,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             jobs,
             keep_going,
             json,
+            variation_env,
         } => {
             let ctx = Context::open(&options, Access::Write)?;
             let selected = ctx.select(&targets)?;
@@ -147,7 +171,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 &ctx,
                 &selected,
                 BuildOptions { jobs, keep_going },
-                &LocalExecutor,
+                &LocalExecutor {
+                    variation_env: crate::repro::variation_env(&variation_env),
+                },
             )
             .map_err(|e| Error::io("lock files", e))?;
             if json {
@@ -195,6 +221,47 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     stages: gates.join(", "),
                 });
             }
+            Ok(ExitCode::Ok)
+        }
+        Command::VerifyReproducible {
+            commit,
+            mut pipelines,
+            vary,
+            json,
+            keep,
+        } => {
+            let start = match &cli.dir {
+                Some(dir) => dir.clone(),
+                None => std::env::current_dir().map_err(|e| Error::io(".", e))?,
+            };
+            let verification = if vary {
+                // With --vary there is no commit: a positional argument names a pipeline.
+                pipelines.splice(0..0, commit);
+                crate::repro::verify_variations(&start, &pipelines, keep)?
+            } else {
+                let commit = commit.expect("clap requires a commit without --vary");
+                let user_cache = cli.cache_dir.clone().map(|d| start.join(d)).or_else(|| {
+                    crate::spec::Workspace::find_root(&start)
+                        .ok()
+                        .map(|r| r.join("cache"))
+                });
+                crate::repro::verify_commit(
+                    &start,
+                    &commit,
+                    &pipelines,
+                    user_cache.as_deref(),
+                    keep,
+                )?
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&verification).expect("verifications serialize")
+                );
+            } else {
+                print!("{}", crate::repro::render(&verification));
+            }
+            crate::repro::verdict(&verification)?;
             Ok(ExitCode::Ok)
         }
         Command::Dag { format } => {

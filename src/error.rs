@@ -37,6 +37,10 @@ pub enum Error {
     #[diagnostic(transparent)]
     Store(#[from] crate::store::StoreError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Verify(#[from] crate::repro::VerifyError),
+
     #[error("{message}")]
     #[diagnostic(code(edgebuild::usage))]
     Usage {
@@ -82,6 +86,7 @@ impl Error {
                 ExitCode::StageFailed
             }
             Error::GatesFailed { .. } => ExitCode::GateFailed,
+            Error::Verify(e) => e.exit_code(),
         }
     }
 

@@ -64,7 +64,13 @@ pub trait Executor: Sync {
 /// Each command inherits a descriptor of the workspace lock (see [`Context::open`]), so that if
 /// edgebuild itself is killed, a stage still running keeps the workspace locked until it exits:
 /// the next build waits for it instead of racing it for the same outputs.
-pub struct LocalExecutor;
+#[derive(Debug, Default)]
+pub struct LocalExecutor {
+    /// Variables set for every `cmd` stage besides `PATH` and its declared ones, and not part of
+    /// any key. Only variation builds (`verify-reproducible --vary`) set them, with a private
+    /// cache, to show that a stage's outputs do not depend on them.
+    pub variation_env: Vec<(String, OsString)>,
+}
 
 /// Lines of a failing command's output shown in the error.
 const LOG_TAIL_LINES: usize = 20;
@@ -90,6 +96,7 @@ impl Executor for LocalExecutor {
                     .current_dir(job.root)
                     .env_clear()
                     .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                    .envs(self.variation_env.iter().map(|(k, v)| (k, v)))
                     .envs(job.env.iter().map(|(k, v)| (k, v)))
                     .stdin(std::process::Stdio::null())
                     .output()
@@ -150,7 +157,7 @@ impl Executor for LocalExecutor {
 }
 
 /// What happened to one stage in a build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     UpToDate,

@@ -4,7 +4,8 @@
 //! content-hashed key ([`key`], [`hash`]); [`plan`] decides what is stale and why, [`exec`] runs
 //! stale stages in parallel and restores the rest from the content-addressed [`store`], and
 //! [`lock`] records what was built. Built-in ML stages are [`ops`]; the engine knows nothing of
-//! what they compute.
+//! what they compute. [`repro`] proves that a commit rebuilds to the artifacts its lock
+//! records, reading commits through [`git`].
 
 // Errors carry the pipeline source for their diagnostics; they are rare, so their size is fine.
 #![allow(clippy::result_large_err)]
@@ -14,6 +15,7 @@ pub mod context;
 pub mod data;
 pub mod error;
 pub mod exec;
+pub mod git;
 pub mod graph;
 pub mod hash;
 pub mod key;
@@ -22,6 +24,7 @@ pub mod model;
 pub mod ops;
 pub mod plan;
 pub mod profile;
+pub mod repro;
 pub mod spec;
 pub mod store;
 pub mod subst;

@@ -21,6 +21,9 @@ pub struct Toolchain {
     pub edgebuild: String,
     pub rustc: String,
     pub target: String,
+    /// Target features enabled at compile time, comma-separated and sorted.
+    #[serde(default)]
+    pub target_features: String,
 }
 
 impl Toolchain {
@@ -29,7 +32,34 @@ impl Toolchain {
             edgebuild: env!("CARGO_PKG_VERSION").to_string(),
             rustc: env!("EDGEBUILD_RUSTC_VERSION").to_string(),
             target: env!("EDGEBUILD_TARGET").to_string(),
+            target_features: env!("EDGEBUILD_TARGET_FEATURES").to_string(),
         }
+    }
+
+    /// What differs between this toolchain and `other`, as `field: old → new` lines.
+    pub fn drift(&self, now: &Toolchain) -> Vec<String> {
+        let fields = [
+            ("edgebuild", &self.edgebuild, &now.edgebuild),
+            ("rustc", &self.rustc, &now.rustc),
+            ("target", &self.target, &now.target),
+            (
+                "target features",
+                &self.target_features,
+                &now.target_features,
+            ),
+        ];
+        fields
+            .into_iter()
+            .filter(|(_, old, new)| old != new)
+            .map(|(name, old, new)| {
+                let old = if old.is_empty() {
+                    "(not recorded)"
+                } else {
+                    old
+                };
+                format!("{name}: {old} → {new}")
+            })
+            .collect()
     }
 }
 

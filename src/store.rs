@@ -77,6 +77,14 @@ impl ActionEntry {
     }
 }
 
+/// Reads a blob from the cache at `dir` without opening (or creating) anything there; `None`
+/// when it is absent or its content does not match `hash`.
+pub fn read_blob(dir: &Path, hash: &Digest) -> Option<Vec<u8>> {
+    let hex = hash.hex();
+    let bytes = fs::read(dir.join("cas").join(&hex[..2]).join(hex)).ok()?;
+    (Digest::of_bytes(&bytes) == *hash).then_some(bytes)
+}
+
 /// The local content-addressed store.
 #[derive(Debug, Clone)]
 pub struct Store {

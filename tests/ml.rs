@@ -6,27 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Workspace, stderr, stdout};
-
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
-
-/// A workspace with the digits pipeline and its inputs.
-fn digits() -> Workspace {
-    let ws = Workspace::new();
-    for file in [
-        "examples/digits/mlp.yaml",
-        "examples/digits/mlp.safetensors",
-        "examples/digits/calibration.npz",
-        "examples/digits/heldout.npz",
-        "devices/profiles.yaml",
-        "pipelines/digits.yaml",
-    ] {
-        let dest = ws.file(file);
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::copy(Path::new(REPO).join(file), dest).unwrap();
-    }
-    ws
-}
+use common::{REPO, Workspace, digits, stderr, stdout};
 
 fn json(ws: &Workspace, rel: &str) -> serde_json::Value {
     serde_json::from_str(&ws.read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))

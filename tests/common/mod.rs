@@ -6,6 +6,27 @@ use std::process::Output;
 
 use serde_json::Value;
 
+/// The repository this test suite belongs to.
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A workspace with the digits pipeline and its inputs.
+pub fn digits() -> Workspace {
+    let ws = Workspace::new();
+    for file in [
+        "examples/digits/mlp.yaml",
+        "examples/digits/mlp.safetensors",
+        "examples/digits/calibration.npz",
+        "examples/digits/heldout.npz",
+        "devices/profiles.yaml",
+        "pipelines/digits.yaml",
+    ] {
+        let dest = ws.file(file);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(Path::new(REPO).join(file), dest).unwrap();
+    }
+    ws
+}
+
 pub struct Workspace {
     pub dir: tempfile::TempDir,
 }
@@ -52,6 +73,41 @@ impl Workspace {
             .env_remove("EDGEBUILD_CACHE_DIR")
             .env_remove("CLICOLOR_FORCE");
         cmd
+    }
+
+    /// Runs git in the workspace, with no user or system configuration; panics on failure.
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .current_dir(self.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "edgebuild tests")
+            .env("GIT_AUTHOR_EMAIL", "tests@edgebuild.invalid")
+            .env("GIT_COMMITTER_NAME", "edgebuild tests")
+            .env("GIT_COMMITTER_EMAIL", "tests@edgebuild.invalid")
+            .args(args)
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Makes the workspace a git repository that ignores outputs, caches and local state.
+    pub fn git_init(&self) -> &Self {
+        self.write(".gitignore", "out/\ncache/\n.edgebuild/\n");
+        self.git(&["init", "--quiet", "--initial-branch=main"]);
+        self
+    }
+
+    /// Commits everything; returns the commit hash.
+    pub fn commit(&self, message: &str) -> String {
+        self.git(&["add", "--all"]);
+        self.git(&["commit", "--quiet", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
     }
 
     pub fn run(&self, args: &[&str]) -> Output {

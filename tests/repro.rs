@@ -1,0 +1,348 @@
+//! `verify-reproducible`: rebuilding commits of temporary git repositories from scratch, naming
+//! the first divergent stage, leaving the user's checkout and cache alone, variation builds, and
+//! every way a verification can be refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::{Workspace, digits, stderr, stdout};
+use serde_json::Value;
+
+const DETERMINISTIC: &str = r#"
+version: 1
+stages:
+  words:
+    cmd: "mkdir -p out && tr ' ' '\\n' < ${inputs.text} > ${outputs.words}"
+    inputs: {text: data/text.txt}
+    outputs: {words: out/words.txt}
+  count:
+    cmd: "sort ${inputs.words} | uniq -c > ${outputs.counts}"
+    inputs: {words: out/words.txt}
+    outputs: {counts: out/counts.txt}
+"#;
+
+/// `stamp` writes the time into a non-volatile output; `digest` reads it.
+const STAMPED: &str = r#"
+version: 1
+stages:
+  source:
+    cmd: "mkdir -p out && cp data/text.txt out/source.txt"
+    inputs: [data/text.txt]
+    outputs: [out/source.txt]
+  stamp:
+    cmd: "(cat out/source.txt; date +%s%N) > out/stamp.txt"
+    inputs: [out/source.txt]
+    outputs: [out/stamp.txt]
+  digest:
+    cmd: "cksum < out/stamp.txt > out/digest.txt"
+    inputs: [out/stamp.txt]
+    outputs: [out/digest.txt]
+"#;
+
+fn repo(pipeline: &str) -> Workspace {
+    let ws = Workspace::new();
+    ws.git_init()
+        .write(
+            "data/text.txt",
+            "the quick brown fox jumps over the lazy dog the end\n",
+        )
+        .pipeline("p", pipeline);
+    ws
+}
+
+/// Builds, commits the lock, and returns the commit.
+fn built_commit(ws: &Workspace) -> String {
+    ws.build(&[], 0);
+    ws.commit("build")
+}
+
+fn verify(ws: &Workspace, args: &[&str], code: i32) -> Value {
+    let mut all = vec!["verify-reproducible", "--json"];
+    all.extend_from_slice(args);
+    let out = ws.run(&all);
+    assert_eq!(out.status.code(), Some(code), "stderr:\n{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)))
+}
+
+fn verdicts(v: &Value) -> BTreeMap<String, String> {
+    v["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["output"].as_str().unwrap().to_string(),
+                r["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every file under `dir` with its content, to show that nothing changed.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            (
+                e.path().strip_prefix(dir).unwrap().display().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_clean_commit_verifies_from_scratch_and_touches_nothing_of_the_user() {
+    let ws = repo(DETERMINISTIC);
+    let commit = built_commit(&ws);
+    // Work in progress after the commit must not leak into the verification.
+    ws.write("data/text.txt", "uncommitted change");
+    let cache_before = snapshot(&ws.file("cache"));
+    let outputs_before = snapshot(&ws.file("out"));
+    assert!(!cache_before.is_empty());
+
+    let v = verify(&ws, &["HEAD"], 0);
+    assert_eq!(v["commit"], commit);
+    assert_eq!(v["reproducible"], true);
+    assert_eq!(v["first_divergent"], Value::Null);
+    assert_eq!(
+        verdicts(&v),
+        BTreeMap::from([
+            ("out/words.txt".into(), "match".into()),
+            ("out/counts.txt".into(), "match".into()),
+        ])
+    );
+    // Every stage ran in a private cache: nothing was restored from anywhere.
+    let build = &v["builds"][0];
+    assert_eq!(build["cache"], "private");
+    assert_eq!(build["stages"]["p:words"], "ran");
+    assert_eq!(build["stages"]["p:count"], "ran");
+
+    assert_eq!(snapshot(&ws.file("cache")), cache_before);
+    assert_eq!(snapshot(&ws.file("out")), outputs_before);
+    assert_eq!(ws.read("data/text.txt"), "uncommitted change");
+    assert_eq!(ws.git(&["status", "--porcelain"]), "M data/text.txt");
+
+    let out = ws.run(&["verify-reproducible", &commit[..10]]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("Reproducible: 2 output(s) identical."),
+        "{text}"
+    );
+    assert!(text.contains("p:count  out/counts.txt"), "{text}");
+}
+
+#[test]
+fn a_stage_that_writes_the_time_is_the_first_divergent_stage() {
+    let ws = repo(STAMPED);
+    built_commit(&ws);
+    let v = verify(&ws, &["HEAD", "p"], 5);
+    assert_eq!(v["reproducible"], false);
+    assert_eq!(v["first_divergent"], "p:stamp");
+    assert_eq!(
+        verdicts(&v),
+        BTreeMap::from([
+            ("out/source.txt".into(), "match".into()),
+            ("out/stamp.txt".into(), "differs".into()),
+            ("out/digest.txt".into(), "cascade".into()),
+        ])
+    );
+    let findings = v["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 2, "{findings:?}");
+    assert_eq!(findings[0]["stage"], "p:stamp");
+    assert_eq!(findings[0]["kind"], "root");
+    assert!(
+        findings[0]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("not deterministic")
+    );
+    assert_eq!(findings[1]["stage"], "p:digest");
+    assert_eq!(findings[1]["kind"], "cascade");
+    assert_eq!(findings[1]["from"], "p:stamp");
+    // The expected bytes come from the user's cache, so the diff shows the two times.
+    let diff = v["diffs"][0]["diff"].as_str().unwrap();
+    assert_eq!(v["diffs"][0]["output"], "out/stamp.txt");
+    assert!(
+        diff.contains(" the quick brown fox jumps over the lazy dog the end"),
+        "{diff}"
+    );
+    assert_eq!(diff.lines().filter(|l| l.starts_with('-')).count(), 2); // header + old time
+    assert_eq!(diff.lines().filter(|l| l.starts_with('+')).count(), 2);
+
+    let out = ws.run(&["verify-reproducible", "HEAD"]);
+    assert_eq!(out.status.code(), Some(5));
+    let text = stdout(&out);
+    assert!(
+        text.contains("First divergent stage: p:stamp: its inputs, command and params matched"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Cascade: p:digest differs because p:stamp did"),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("not reproducible: first divergent stage p:stamp, 1 stage(s) downstream differ as a consequence"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_edited_lock_file_is_caught() {
+    let ws = repo(DETERMINISTIC);
+    built_commit(&ws);
+    let lock = ws.read("pipelines/p.lock");
+    let mut value: Value = serde_json::from_str(&lock).unwrap();
+    // An output hash changed by hand: the rebuilt output no longer matches.
+    value["stages"]["count"]["outputs"]["out/counts.txt"]["hash"] = Value::String("ab".repeat(32));
+    ws.write(
+        "pipelines/p.lock",
+        &serde_json::to_string_pretty(&value).unwrap(),
+    );
+    ws.commit("edit an output hash");
+    let v = verify(&ws, &["HEAD"], 5);
+    assert_eq!(v["first_divergent"], "p:count");
+    assert_eq!(verdicts(&v)["out/counts.txt"], "differs");
+
+    // A key changed by hand no longer matches its own ingredients.
+    ws.write(
+        "pipelines/p.lock",
+        &lock.replace(
+            value["stages"]["words"]["key"].as_str().unwrap(),
+            &"cd".repeat(32),
+        ),
+    );
+    ws.commit("edit a key");
+    let v = verify(&ws, &["HEAD"], 5);
+    assert_eq!(v["first_divergent"], "p:words");
+    assert!(
+        v["findings"][0]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("edited by hand"),
+        "{}",
+        v["findings"]
+    );
+    // The previous commit still verifies.
+    verify(&ws, &["HEAD~2"], 0);
+}
+
+#[test]
+fn an_untracked_input_makes_the_commit_fail_to_build() {
+    let ws = repo(DETERMINISTIC);
+    // The input exists in the working tree but was never committed: it escapes version control.
+    ws.write(".gitignore", "out/\ncache/\n.edgebuild/\ndata/\n");
+    built_commit(&ws);
+    let out = ws.run(&["verify-reproducible", "HEAD"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the pipelines do not build at commit"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn refusals_have_their_own_exit_codes() {
+    // Not a git repository.
+    let plain = Workspace::new();
+    plain.pipeline("p", DETERMINISTIC);
+    let out = plain.run(&["verify-reproducible", "HEAD"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is not inside a git repository"),
+        "{}",
+        stderr(&out)
+    );
+
+    // An unknown commit, and an option where a commit should be.
+    let ws = repo(DETERMINISTIC);
+    ws.commit("pipeline without a lock");
+    for rev in ["no-such-commit", "--output=x"] {
+        let out = ws.run(&["verify-reproducible", "--", rev]);
+        assert_eq!(out.status.code(), Some(2), "{rev}");
+        assert!(stderr(&out).contains("unknown commit"), "{}", stderr(&out));
+    }
+
+    // A commit without a lock.
+    let out = ws.run(&["verify-reproducible", "HEAD"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("has no lock file pipelines/p.lock"),
+        "{}",
+        stderr(&out)
+    );
+
+    // An unknown pipeline.
+    built_commit(&ws);
+    let out = ws.run(&["verify-reproducible", "HEAD", "q"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown pipeline `q`"),
+        "{}",
+        stderr(&out)
+    );
+
+    // No commit and no --vary.
+    let out = ws.run(&["verify-reproducible"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn variation_builds_pass_on_digits_and_catch_the_time() {
+    let ws = digits();
+    let v = verify(&ws, &["--vary"], 0);
+    assert_eq!(v["reproducible"], true);
+    let verdicts = verdicts(&v);
+    assert_eq!(verdicts["out/digits/model.gguf"], "match");
+    assert_eq!(verdicts["out/digits/metrics.json"], "match");
+    assert_eq!(verdicts["out/digits/package/digits_model.h"], "match");
+    assert_eq!(verdicts["out/digits/latency.json"], "volatile");
+    assert_eq!(v["builds"][1]["conditions"]["jobs"], 1);
+    assert_eq!(v["builds"][1]["conditions"]["umask"], 0o077);
+    for build in v["builds"].as_array().unwrap() {
+        assert!(
+            build["stages"]
+                .as_object()
+                .unwrap()
+                .values()
+                .all(|o| o == "ran"),
+            "{build}"
+        );
+    }
+    // The user's workspace was not built.
+    assert!(!ws.exists("out"));
+    assert!(!ws.exists("pipelines/digits.lock"));
+
+    let ws = repo(STAMPED);
+    let v = verify(&ws, &["--vary", "p"], 5);
+    assert_eq!(v["first_divergent"], "p:stamp");
+    assert_eq!(verdicts_of(&v, "out/digest.txt"), "cascade");
+}
+
+#[test]
+fn variation_builds_pass_the_time_zone_and_locale_to_commands() {
+    // A stage that prints the time zone and the locale's view of a date is told apart.
+    let ws = repo(
+        r#"
+version: 1
+stages:
+  zone:
+    cmd: "mkdir -p out && date -d @0 +%H > out/zone.txt"
+    outputs: [out/zone.txt]
+"#,
+    );
+    let v = verify(&ws, &["--vary"], 5);
+    assert_eq!(v["first_divergent"], "p:zone");
+}
+
+fn verdicts_of(v: &Value, output: &str) -> String {
+    verdicts(v)[output].clone()
+}
