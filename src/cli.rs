@@ -81,6 +81,16 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Compare the reports, metrics and gate verdicts of two commits (default: a commit
+    /// against the working tree), with absolute and relative deltas.
+    Compare {
+        /// The base commit (a hash, branch, tag, HEAD~1...).
+        a: String,
+        /// The commit to compare with it; default: the working tree.
+        b: Option<String>,
+        #[arg(long, value_enum, default_value_t = CompareFormat::Text)]
+        format: CompareFormat,
+    },
     /// Print the stage graph.
     Dag {
         #[arg(long, value_enum, default_value_t = DagFormat::Dot)]
@@ -115,9 +125,25 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompareFormat {
+    Text,
+    /// A table for a pull-request comment or a CI job summary.
+    Markdown,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DagFormat {
     Dot,
     Mermaid,
+}
+
+/// The directory the command starts from: `-C DIR` or the current directory.
+fn start_dir(dir: &Option<PathBuf>) -> Result<PathBuf> {
+    match dir {
+        Some(dir) => Ok(dir.clone()),
+        None => std::env::current_dir().map_err(|e| Error::io(".", e)),
+    }
 }
 
 /// Parses arguments and runs the command.
@@ -230,10 +256,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             json,
             keep,
         } => {
-            let start = match &cli.dir {
-                Some(dir) => dir.clone(),
-                None => std::env::current_dir().map_err(|e| Error::io(".", e))?,
-            };
+            let start = start_dir(&cli.dir)?;
             let verification = if vary {
                 // With --vary there is no commit: a positional argument names a pipeline.
                 pipelines.splice(0..0, commit);
@@ -262,6 +285,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 print!("{}", crate::repro::render(&verification));
             }
             crate::repro::verdict(&verification)?;
+            Ok(ExitCode::Ok)
+        }
+        Command::Compare { a, b, format } => {
+            let start = start_dir(&cli.dir)?;
+            let root = crate::spec::Workspace::find_root(&start)?;
+            let cache = cli
+                .cache_dir
+                .clone()
+                .map_or_else(|| root.join("cache"), |d| start.join(d));
+            let comparison = crate::compare::compare(&start, &a, b.as_deref(), &cache)?;
+            match format {
+                CompareFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&comparison).expect("comparisons serialize")
+                ),
+                CompareFormat::Text => print!("{}", crate::compare::render(&comparison, false)),
+                CompareFormat::Markdown => {
+                    print!("{}", crate::compare::render(&comparison, true))
+                }
+            }
             Ok(ExitCode::Ok)
         }
         Command::Dag { format } => {

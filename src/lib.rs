@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cli;
+pub mod compare;
 pub mod context;
 pub mod data;
 pub mod error;

@@ -156,7 +156,7 @@ fn cpus() -> usize {
 
 /// Stage outcomes of a child build, and how it ended.
 #[derive(Debug)]
-struct ChildBuild {
+pub(crate) struct ChildBuild {
     outcomes: BTreeMap<String, Outcome>,
     code: Option<i32>,
 }
@@ -174,7 +174,7 @@ struct ChildStage {
 
 /// Runs `edgebuild build` on the workspace at `root` with the cache `cache`, under `conditions`,
 /// with no remote and none of the caller's `EDGEBUILD_*` settings.
-fn child_build(
+pub(crate) fn child_build(
     root: &Path,
     cache: &Path,
     targets: &[String],
@@ -228,7 +228,7 @@ fn child_build(
 
 impl ChildBuild {
     /// A build whose stages all ran or whose gates failed (a verdict to compare) is usable.
-    fn check(&self, what: &str) -> Result<(), VerifyError> {
+    pub(crate) fn check(&self, what: &str) -> Result<(), VerifyError> {
         match self.code {
             Some(0) | Some(3) => Ok(()),
             code => {
@@ -577,13 +577,13 @@ fn text_diff(expected: &[u8], rebuilt: &[u8]) -> Option<String> {
 }
 
 /// A temporary directory for the copies and caches of a verification, removed unless kept.
-struct Scratch {
+pub(crate) struct Scratch {
     dir: tempfile::TempDir,
     keep: bool,
 }
 
 impl Scratch {
-    fn new(keep: bool) -> Result<Scratch, VerifyError> {
+    pub(crate) fn new(keep: bool) -> Result<Scratch, VerifyError> {
         let dir = tempfile::Builder::new()
             .prefix("edgebuild-verify-")
             .tempdir()
@@ -591,11 +591,11 @@ impl Scratch {
         Ok(Scratch { dir, keep })
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn finish(self) {
+    pub(crate) fn finish(self) {
         if self.keep {
             let path = self.dir.keep();
             eprintln!("kept the rebuilt workspace in {}", path.display());

@@ -346,3 +346,65 @@ stages:
 fn verdicts_of(v: &Value, output: &str) -> String {
     verdicts(v)[output].clone()
 }
+
+#[test]
+fn compare_shows_the_size_drop_from_q8_0_to_q4_k() {
+    let ws = digits();
+    ws.git_init();
+    let yaml = ws.read("pipelines/digits.yaml");
+    ws.pipeline("digits", &yaml.replace("type: q4_k", "type: q8_0"));
+    ws.build(&["digits:report"], 0);
+    let base = ws.commit("q8_0");
+    ws.pipeline("digits", &yaml);
+
+    let row = |c: &Value, metric: &str| -> Value {
+        c["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["metric"] == metric)
+            .unwrap_or_else(|| panic!("no {metric} in {c}"))
+            .clone()
+    };
+    // Against the working tree, which compare builds in a copy, not in place.
+    let built = (
+        ws.read("pipelines/digits.lock"),
+        std::fs::read(ws.file("out/digits/model.gguf")).unwrap(),
+    );
+    let out = ws.run(&["compare", "HEAD", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let size = row(&c, "binary size (bytes)");
+    let (a, b) = (size["a"].as_f64().unwrap(), size["b"].as_f64().unwrap());
+    assert!(b < a * 0.7, "q4_k {b} vs q8_0 {a}");
+    assert_eq!(size["delta"].as_f64().unwrap(), b - a);
+    assert!(size["relative"].as_f64().unwrap() < -0.3);
+    let bits = row(&c, "bits per weight");
+    assert!(bits["a"].as_f64().unwrap() > 8.0 && bits["b"].as_f64().unwrap() < 6.0);
+    assert_eq!(row(&c, "verdict")["b"], "pass");
+    assert_eq!(
+        (
+            ws.read("pipelines/digits.lock"),
+            std::fs::read(ws.file("out/digits/model.gguf")).unwrap()
+        ),
+        built,
+        "the working tree was not touched"
+    );
+
+    // Two commits, as Markdown for a pull request.
+    ws.commit("q4_k");
+    let out = ws.run(&["compare", &base, "HEAD", "--format", "markdown"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let md = stdout(&out);
+    let line = md
+        .lines()
+        .find(|l| l.starts_with("| digits | report | binary size (bytes) |"))
+        .unwrap_or_else(|| panic!("{md}"));
+    assert!(
+        line.contains(&format!("| {a} | {b} | {} |", b - a)),
+        "{line}"
+    );
+
+    let out = ws.run(&["compare", "no-such-commit"]);
+    assert_eq!(out.status.code(), Some(2));
+}
