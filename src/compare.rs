@@ -290,7 +290,7 @@ fn show_delta(row: &Row) -> (String, String) {
     let delta = match row.delta {
         None if row.a != row.b => "changed".into(),
         None => String::new(),
-        Some(d) if d == 0.0 => "0".into(),
+        Some(0.0) => "0".into(),
         Some(d) if d.fract() == 0.0 && d.abs() < 1e15 => format!("{d:+}"),
         Some(d) => format!("{d:+.6}")
             .trim_end_matches('0')

@@ -408,3 +408,62 @@ fn compare_shows_the_size_drop_from_q8_0_to_q4_k() {
     let out = ws.run(&["compare", "no-such-commit"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn toolchain_drift_is_printed_and_told_apart_from_an_untracked_input() {
+    // A "compiler" outside the workspace whose version is declared with `tools`.
+    let tool = tempfile::tempdir().unwrap();
+    let version = tool.path().join("version");
+    std::fs::write(&version, "gen 1.0\n").unwrap();
+    let ws = repo(&format!(
+        r#"
+version: 1
+stages:
+  gen:
+    cmd: "mkdir -p out && cat {v} data/text.txt > out/gen.txt"
+    inputs: [data/text.txt]
+    outputs: [out/gen.txt]
+    tools: {{gen: "cat {v}"}}
+"#,
+        v = version.display()
+    ));
+    built_commit(&ws);
+    // The lock was written by an older compiler: recorded, reported, but not part of any key.
+    let lock = ws.read("pipelines/p.lock");
+    let mut value: Value = serde_json::from_str(&lock).unwrap();
+    value["toolchain"]["rustc"] = Value::String("rustc 1.80.0 (old)".into());
+    ws.write(
+        "pipelines/p.lock",
+        &serde_json::to_string_pretty(&value).unwrap(),
+    );
+    ws.commit("an older compiler wrote the lock");
+    let v = verify(&ws, &["HEAD"], 0);
+    let drift: Vec<&str> = v["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert!(
+        drift
+            .iter()
+            .any(|d| d.starts_with("rustc: rustc 1.80.0 (old) → rustc ")),
+        "{drift:?}"
+    );
+
+    // The tool is upgraded: plan names it, and verify blames the tool, not an input.
+    std::fs::write(&version, "gen 2.0\n").unwrap();
+    let plan = ws.plan_json(&[]);
+    assert_eq!(plan.reasons("p:gen")[0]["kind"], "tool_changed");
+    let out = ws.run(&["verify-reproducible", "HEAD"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("p:gen: tool gen: gen 1.0 → gen 2.0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("its action changed: tool gen: gen 1.0 → gen 2.0 (toolchain drift"),
+        "{text}"
+    );
+}
