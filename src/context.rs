@@ -57,7 +57,17 @@ impl Context {
         };
         let root = Workspace::find_root(&start)?;
         let workspace_lock = lock_workspace(&root, access)?;
-        let ws = Workspace::load(&root)?;
+        // Loading the pipelines and loading the stat cache and lock files are independent, and
+        // each is a large share of a no-op `plan`: do them at once.
+        let (ws, (stat, mut locks_by_file)) = std::thread::scope(|scope| {
+            let side = scope.spawn(|| {
+                let stat = StatCache::load(&root.join(STATE_DIR).join("stat-cache.json"));
+                (stat, read_locks(&root))
+            });
+            let ws = Workspace::load(&root);
+            (ws, side.join().expect("loading locks does not panic"))
+        });
+        let ws = ws?;
         let graph = Graph::build(&ws)?;
         let cache_dir = match &options.cache_dir {
             Some(dir) if dir.is_absolute() => dir.clone(),
@@ -65,13 +75,16 @@ impl Context {
             None => root.join("cache"),
         };
         let store = Store::open(&cache_dir)?;
-        let stat = StatCache::load(&root.join(STATE_DIR).join("stat-cache.json"));
         let mut locks = Vec::new();
         for pipeline in &ws.pipelines {
-            let path = root.join(pipeline.lock_file());
-            let lock = LockFile::read(&path).map_err(|message| {
+            let file = pipeline.lock_file();
+            let lock = match locks_by_file.remove(&file) {
+                Some(read) => read,
+                None => LockFile::read(&root.join(&file)),
+            }
+            .map_err(|message| {
                 Error::usage(
-                    format!("cannot read lock file {}: {message}", pipeline.lock_file()),
+                    format!("cannot read lock file {file}: {message}"),
                     Some("delete it to rebuild from scratch, or restore it from git".into()),
                 )
             })?;
@@ -248,6 +261,26 @@ impl Context {
             fingerprint,
         }
     }
+}
+
+/// Reads the lock file beside every pipeline file, by workspace-relative lock path.
+fn read_locks(root: &Path) -> BTreeMap<String, Result<Option<LockFile>, String>> {
+    let Ok(entries) = std::fs::read_dir(root.join(crate::spec::PIPELINES_DIR)) else {
+        return BTreeMap::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            matches!(path.extension()?.to_str()?, "yaml" | "yml").then_some(())?;
+            let file = format!(
+                "{}/{}.lock",
+                crate::spec::PIPELINES_DIR,
+                path.file_stem()?.to_str()?
+            );
+            let lock = LockFile::read(&root.join(&file));
+            Some((file, lock))
+        })
+        .collect()
 }
 
 fn lock_workspace(root: &Path, access: Access) -> Result<File> {
