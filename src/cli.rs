@@ -57,9 +57,9 @@ pub enum Command {
         /// Print the result of every stage as JSON on stdout.
         #[arg(long)]
         json: bool,
-        /// Pass this variable of edgebuild's environment to `cmd` stages, outside their keys.
+        /// Set NAME=VALUE for `cmd` stages that do not declare NAME, outside their keys.
         /// Internal: used by `verify-reproducible --vary` with a private cache.
-        #[arg(long, hide = true, value_name = "NAME")]
+        #[arg(long, hide = true, value_name = "NAME=VALUE")]
         variation_env: Vec<String>,
     },
     /// Rebuild a commit from scratch and compare its artifacts with the lock committed there
@@ -263,18 +263,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 crate::repro::verify_variations(&start, &pipelines, keep)?
             } else {
                 let commit = commit.expect("clap requires a commit without --vary");
-                let user_cache = cli.cache_dir.clone().map(|d| start.join(d)).or_else(|| {
-                    crate::spec::Workspace::find_root(&start)
-                        .ok()
-                        .map(|r| r.join("cache"))
-                });
-                crate::repro::verify_commit(
-                    &start,
-                    &commit,
-                    &pipelines,
-                    user_cache.as_deref(),
-                    keep,
-                )?
+                crate::repro::verify_commit(&start, &commit, &pipelines, keep)?
             };
             if json {
                 println!(

@@ -174,7 +174,7 @@ fn side_metrics(
         })?
         .rank;
     let targets: Vec<String> = compared.iter().map(|(_, s, _)| s.id.clone()).collect();
-    child_build(&ws_root, cache, &targets, &Conditions::reference(), false)?.check(&what)?;
+    child_build(&ws_root, cache, &targets, &Conditions::plain())?.check(&what)?;
     let mut metrics = Metrics::new();
     for (index, stage, op) in compared {
         let pipeline = ws.pipelines[stage.pipeline].name.clone();

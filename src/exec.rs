@@ -96,7 +96,13 @@ impl Executor for LocalExecutor {
                     .current_dir(job.root)
                     .env_clear()
                     .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                    .envs(self.variation_env.iter().map(|(k, v)| (k, v)))
+                    .envs(
+                        // A variable the stage declares keeps its real value.
+                        self.variation_env
+                            .iter()
+                            .filter(|(k, _)| !job.stage.env.contains(k))
+                            .map(|(k, v)| (k, v)),
+                    )
                     .envs(job.env.iter().map(|(k, v)| (k, v)))
                     .stdin(std::process::Stdio::null())
                     .output()

@@ -1,6 +1,11 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Output piped into `head` ends quietly, as for any Unix tool, instead of panicking.
+    // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     miette::set_hook(Box::new(|_| {
         Box::new(
             miette::MietteHandlerOpts::new()

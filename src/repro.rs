@@ -20,8 +20,9 @@ use thiserror::Error;
 use crate::context::{Access, Context, Options};
 use crate::exec::Outcome;
 use crate::git::{GitError, Repository};
+use crate::graph::EdgeKind;
 use crate::hash::Digest;
-use crate::lock::{LockFile, LockedStage, Toolchain};
+use crate::lock::{GateVerdict, LockFile, LockedStage, Toolchain};
 use crate::spec::{PIPELINES_DIR, Workspace};
 
 #[derive(Debug, Error, Diagnostic)]
@@ -43,6 +44,13 @@ pub enum VerifyError {
     #[diagnostic(code(edgebuild::verify::bad_lock))]
     BadLock { what: String, message: String },
 
+    #[error("{what} has no {dir} directory")]
+    #[diagnostic(
+        code(edgebuild::verify::no_pipelines),
+        help("the workspace's pipelines were committed later: pick a later commit")
+    )]
+    NoPipelines { what: String, dir: String },
+
     #[error("unknown pipeline `{name}` at {what}")]
     #[diagnostic(code(edgebuild::verify::unknown_pipeline), help("{help}"))]
     UnknownPipeline {
@@ -55,7 +63,7 @@ pub enum VerifyError {
     #[diagnostic(
         code(edgebuild::verify::build_failed),
         help(
-            "the failing build's output is above; the temporary copy is kept with --keep for a closer look"
+            "the failing build's output is above (`verify-reproducible --keep` keeps the temporary copy for a closer look)"
         )
     )]
     BuildFailed { what: String, message: String },
@@ -64,7 +72,7 @@ pub enum VerifyError {
     #[diagnostic(
         code(edgebuild::verify::not_reproducible),
         help(
-            "the first divergent stage read the same inputs and wrote different outputs: it depends on something it does not declare (time, randomness, an untracked file, the toolchain). Mark measured outputs `volatile: true`."
+            "each root cause is explained above. A stage that read the same inputs and wrote different outputs depends on something it does not declare (time, randomness, an untracked file, the toolchain); mark measured outputs `volatile: true`"
         )
     )]
     NotReproducible { summary: String },
@@ -100,53 +108,71 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> VerifyError + '_ {
     }
 }
 
-/// The conditions of one build: what reprotest calls a variation.
+/// The conditions of one build: what reprotest calls a variation. A plain build
+/// ([`Conditions::plain`]) sets none of them: it runs as the user's own build would.
 #[derive(Debug, Clone, Serialize)]
 pub struct Conditions {
     pub jobs: usize,
     pub threads: usize,
-    pub tz: &'static str,
-    pub locale: &'static str,
-    pub source_date_epoch: &'static str,
-    pub umask: u32,
+    /// Variables given to `cmd` stages that do not declare them (outside their keys).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stage_env: Vec<(&'static str, &'static str)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub umask: Option<u32>,
     /// Where the workspace copy lies, relative to the temporary directory.
     pub dir: &'static str,
 }
 
 impl Conditions {
-    /// A plain build: this machine's parallelism, UTC, the C locale.
+    /// A build from scratch as the user would run it: this machine's parallelism, the user's
+    /// environment (declared `env` values must match the ones the lock was built with).
+    pub fn plain() -> Conditions {
+        Conditions {
+            jobs: cpus(),
+            threads: cpus(),
+            stage_env: Vec::new(),
+            umask: None,
+            dir: "tree",
+        }
+    }
+
+    /// The first build of `--vary`: UTC, the C locale, umask 022, all CPUs.
     pub fn reference() -> Conditions {
         Conditions {
             jobs: cpus(),
             threads: cpus(),
-            tz: "UTC",
-            locale: "C",
-            source_date_epoch: "0",
-            umask: 0o022,
+            stage_env: vec![
+                ("TZ", "UTC"),
+                ("LC_ALL", "C"),
+                ("LANG", "C"),
+                ("SOURCE_DATE_EPOCH", "0"),
+            ],
+            umask: Some(0o022),
             dir: "a/workspace",
         }
     }
 
-    /// The variation of `--vary`: every condition differs from [`Conditions::reference`].
+    /// The second build of `--vary`: every condition differs from [`Conditions::reference`].
     pub fn varied() -> Conditions {
         Conditions {
             jobs: 1,
             threads: if cpus() > 1 { 1 } else { 2 },
-            tz: "<+1345>-13:45",
-            locale: "C.UTF-8",
-            source_date_epoch: "1700000000",
-            umask: 0o077,
+            stage_env: vec![
+                ("TZ", "<+1345>-13:45"),
+                ("LC_ALL", "C.UTF-8"),
+                ("LANG", "C.UTF-8"),
+                ("SOURCE_DATE_EPOCH", "1700000000"),
+            ],
+            umask: Some(0o077),
             dir: "variation-b/a/much/longer/path/to/the/workspace",
         }
     }
 
-    fn variables(&self) -> Vec<(&'static str, &'static str)> {
-        vec![
-            ("TZ", self.tz),
-            ("LC_ALL", self.locale),
-            ("LANG", self.locale),
-            ("SOURCE_DATE_EPOCH", self.source_date_epoch),
-        ]
+    fn stage_var(&self, name: &str) -> &str {
+        self.stage_env
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("", |(_, v)| v)
     }
 }
 
@@ -179,7 +205,6 @@ pub(crate) fn child_build(
     cache: &Path,
     targets: &[String],
     conditions: &Conditions,
-    vary_stage_env: bool,
 ) -> Result<ChildBuild, VerifyError> {
     let exe = std::env::current_exe().map_err(io_err(Path::new("edgebuild executable")))?;
     let mut cmd = Command::new(exe);
@@ -199,20 +224,19 @@ pub(crate) fn child_build(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    for (name, value) in conditions.variables() {
-        cmd.env(name, value);
-        if vary_stage_env {
-            cmd.arg("--variation-env").arg(name);
-        }
+    for (name, value) in &conditions.stage_env {
+        cmd.arg(format!("--variation-env={name}={value}"));
     }
     cmd.arg("--").args(targets);
-    let umask = conditions.umask as libc::mode_t;
-    // SAFETY: umask is async-signal-safe and touches no memory.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            libc::umask(umask);
-            Ok(())
-        });
+    if let Some(umask) = conditions.umask {
+        let umask = umask as libc::mode_t;
+        // SAFETY: umask is async-signal-safe and touches no memory.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                libc::umask(umask);
+                Ok(())
+            });
+        }
     }
     let output = cmd
         .output()
@@ -269,11 +293,13 @@ pub enum Verdict {
     Missing,
     /// Produced, but the reference does not record it.
     Unexpected,
+    /// Not built: a failed gate blocked it, as it did at the reference.
+    Blocked,
 }
 
 impl Verdict {
     fn ok(self) -> bool {
-        matches!(self, Verdict::Match | Verdict::Volatile)
+        matches!(self, Verdict::Match | Verdict::Volatile | Verdict::Blocked)
     }
 }
 
@@ -311,6 +337,9 @@ pub struct Comparison {
     pub findings: Vec<Finding>,
     pub first_divergent: Option<String>,
     pub diffs: Vec<OutputDiff>,
+    /// Things worth knowing that do not make the build irreproducible (a gate that failed at
+    /// the reference and again in the rebuild).
+    pub notes: Vec<String>,
 }
 
 impl Comparison {
@@ -353,70 +382,94 @@ fn stages_of(locks: &[(String, LockFile)]) -> LockedStages {
         .collect()
 }
 
-/// Compares `expected` with `rebuilt` in the dependency order of `ctx` (the rebuilt workspace),
-/// over the stages `selected`. `bytes_of` finds the expected bytes of a differing output for a
-/// diff, when they are available.
-pub fn compare(
-    ctx: &Context,
-    selected: &[usize],
-    expected: &LockedStages,
-    rebuilt: &LockedStages,
-    expected_bytes: &dyn Fn(&str, &Digest) -> Option<Vec<u8>>,
-) -> Comparison {
+/// What [`compare`] compares.
+pub struct CompareInput<'a> {
+    /// The rebuilt workspace: its graph gives the dependency order.
+    pub ctx: &'a Context,
+    /// The stages to compare, in topological order.
+    pub selected: &'a [usize],
+    pub expected: &'a LockedStages,
+    pub rebuilt: &'a LockedStages,
+    /// Stages the rebuild did not run because a dependency failed or a gate blocked them.
+    pub blocked: &'a BTreeSet<String>,
+    /// Finds the expected bytes of a differing output for a diff, when they are available.
+    pub expected_bytes: &'a dyn Fn(&str, &Digest) -> Option<Vec<u8>>,
+    /// Two variation builds rather than a commit's lock and its rebuild.
+    pub vary: bool,
+}
+
+/// Compares the expected lock entries with the rebuilt ones, stage by stage in dependency order.
+/// A stage whose outputs differ is a root cause unless one of its recorded inputs differs
+/// because an upstream stage (through a data edge) diverged: then it is part of that cascade.
+pub fn compare(input: &CompareInput) -> Comparison {
+    let ctx = input.ctx;
     let mut comparison = Comparison {
         outputs: Vec::new(),
         findings: Vec::new(),
         first_divergent: None,
         diffs: Vec::new(),
+        notes: Vec::new(),
     };
     // Stage index → the root cause its outputs descend from.
     let mut tainted: BTreeMap<usize, String> = BTreeMap::new();
-    for &index in selected {
-        let stage = &ctx.ws.stages[index];
-        let id = &stage.id;
-        let upstream = ctx
-            .graph
-            .deps(index)
-            .filter_map(|(dep, _)| tainted.get(&dep).map(|root| (dep, root.clone())))
-            .min_by_key(|(dep, _)| ctx.graph.rank[*dep])
-            .map(|(_, root)| root);
-        let (exp, reb) = (expected.get(id), rebuilt.get(id));
+    for &index in input.selected {
+        let id = &ctx.ws.stages[index].id;
+        let upstream = |data_only: bool| {
+            ctx.graph
+                .deps(index)
+                .filter(|(_, kind)| !data_only || *kind == EdgeKind::Data)
+                .filter_map(|(dep, _)| Some((dep, tainted.get(&dep)?.clone())))
+                .min_by_key(|(dep, _)| ctx.graph.rank[*dep])
+                .map(|(_, root)| root)
+        };
+        let row = |output: &str, expected, rebuilt, verdict| OutputRow {
+            stage: id.clone(),
+            output: output.to_string(),
+            expected,
+            rebuilt,
+            verdict,
+        };
         let mut rows = Vec::new();
-        let mut explanation = None;
-        match (exp, reb) {
+        // (explanation, the root this descends from if it is a cascade)
+        let mut problem: Option<(String, Option<String>)> = None;
+        match (input.expected.get(id), input.rebuilt.get(id)) {
             (None, None) => continue,
             (None, Some(r)) => {
                 for (path, out) in &r.outputs {
-                    rows.push(OutputRow {
-                        stage: id.clone(),
-                        output: path.clone(),
-                        expected: None,
-                        rebuilt: Some(out.hash),
-                        verdict: Verdict::Unexpected,
-                    });
+                    rows.push(row(path, None, Some(out.hash), Verdict::Unexpected));
                 }
-                explanation = Some(
-                    "built, but the reference lock has no entry for it: the lock was not updated after the pipeline changed"
-                        .to_string(),
-                );
+                problem = Some((
+                    "built, but the reference lock has no entry for it: the lock was not updated after the pipeline changed".into(),
+                    None,
+                ));
             }
             (Some(e), None) => {
+                let blocked = input.blocked.contains(id);
                 for (path, out) in &e.outputs {
-                    rows.push(OutputRow {
-                        stage: id.clone(),
-                        output: path.clone(),
-                        expected: Some(out.hash),
-                        rebuilt: None,
-                        verdict: if out.volatile {
-                            Verdict::Volatile
-                        } else {
-                            Verdict::Missing
-                        },
-                    });
+                    let verdict = match (out.volatile, blocked) {
+                        (true, _) => Verdict::Volatile,
+                        (false, true) => Verdict::Blocked,
+                        (false, false) => Verdict::Missing,
+                    };
+                    rows.push(row(path, Some(out.hash), None, verdict));
                 }
-                if rows.iter().any(|r| !r.verdict.ok()) {
-                    explanation =
-                        Some("recorded in the lock, but the rebuild did not produce it".into());
+                match (blocked, upstream(false)) {
+                    (_, Some(root)) => {
+                        for r in rows.iter_mut().filter(|r| r.verdict == Verdict::Blocked) {
+                            r.verdict = Verdict::Missing;
+                        }
+                        problem = Some((String::new(), Some(root)));
+                    }
+                    (true, None) => comparison.notes.push(format!(
+                        "{id} was not built: a failed gate or stage before it blocked it, as at the reference"
+                    )),
+                    (false, None) if rows.iter().any(|r| !r.verdict.ok()) => {
+                        problem = Some((
+                            "recorded in the lock, but the rebuild did not produce it".into(),
+                            None,
+                        ))
+                    }
+                    (false, None) => {}
                 }
             }
             (Some(e), Some(r)) => {
@@ -431,39 +484,37 @@ pub fn compare(
                         (Some(_), None) => Verdict::Missing,
                         (None, _) => Verdict::Unexpected,
                     };
-                    rows.push(OutputRow {
-                        stage: id.clone(),
-                        output: path.clone(),
-                        expected: eo.map(|o| o.hash),
-                        rebuilt: ro.map(|o| o.hash),
-                        verdict,
-                    });
+                    rows.push(row(path, eo.map(|o| o.hash), ro.map(|o| o.hash), verdict));
                 }
-                if e.ingredients.key() != e.key {
-                    explanation = Some(
-                        "the reference lock entry's key does not match its own ingredients: the lock was edited by hand"
-                            .into(),
-                    );
-                } else if e.gate != r.gate {
-                    explanation = Some(format!(
-                        "gate verdict {:?} → {:?}",
-                        e.gate
-                            .map_or("none".into(), |g| format!("{g:?}").to_lowercase()),
-                        r.gate
-                            .map_or("none".into(), |g| format!("{g:?}").to_lowercase()),
+                let differs = rows.iter().any(|r| !r.verdict.ok()) || e.gate != r.gate;
+                if r.gate == Some(GateVerdict::Failed) && e.gate == r.gate {
+                    comparison
+                        .notes
+                        .push(format!("gate {id} failed, as the reference records"));
+                }
+                if !input.vary && e.ingredients.key() != e.key {
+                    problem = Some((
+                        "the reference lock entry's key does not match its own ingredients: the lock was edited by hand".into(),
+                        None,
                     ));
-                } else if rows.iter().any(|r| !r.verdict.ok()) {
-                    explanation = Some(explain_divergence(e, r));
+                } else if differs {
+                    let inputs_differ = e.ingredients.inputs != r.ingredients.inputs;
+                    problem = match upstream(true).filter(|_| inputs_differ) {
+                        Some(root) => Some((String::new(), Some(root))),
+                        None if e.gate != r.gate => Some((
+                            format!("gate verdict {} → {}", gate_word(e.gate), gate_word(r.gate)),
+                            None,
+                        )),
+                        None => Some((explain_divergence(e, r, input.vary), None)),
+                    };
                 }
             }
         }
-        if let Some(explanation) = explanation {
-            let root = match &upstream {
+        if let Some((explanation, cascade_from)) = problem {
+            let root = match cascade_from {
                 Some(root) => {
-                    for row in rows.iter_mut() {
-                        if row.verdict == Verdict::Differs {
-                            row.verdict = Verdict::Cascade;
-                        }
+                    for row in rows.iter_mut().filter(|r| r.verdict == Verdict::Differs) {
+                        row.verdict = Verdict::Cascade;
                     }
                     comparison.findings.push(Finding {
                         stage: id.clone(),
@@ -471,7 +522,7 @@ pub fn compare(
                         from: Some(root.clone()),
                         explanation: format!("downstream of {root}"),
                     });
-                    root.clone()
+                    root
                 }
                 None => {
                     comparison.findings.push(Finding {
@@ -482,32 +533,7 @@ pub fn compare(
                     });
                     if comparison.first_divergent.is_none() {
                         comparison.first_divergent = Some(id.clone());
-                        for row in rows.iter().filter(|r| r.verdict == Verdict::Differs) {
-                            let (Some(exp), Some(reb)) = (row.expected, row.rebuilt) else {
-                                continue;
-                            };
-                            let rebuilt_path = ctx.root().join(&row.output);
-                            if rebuilt_path.is_dir() {
-                                continue;
-                            }
-                            let rebuilt_bytes = std::fs::read(rebuilt_path).ok();
-                            let diff = match (expected_bytes(&row.output, &exp), rebuilt_bytes) {
-                                (Some(a), Some(b)) if Digest::of_bytes(&b) == reb => {
-                                    text_diff(&a, &b)
-                                }
-                                (None, _) => Some(
-                                    "(the expected bytes are not available: the lock holds only their hash)"
-                                        .to_string(),
-                                ),
-                                _ => None,
-                            };
-                            if let Some(diff) = diff {
-                                comparison.diffs.push(OutputDiff {
-                                    output: row.output.clone(),
-                                    diff,
-                                });
-                            }
-                        }
+                        comparison.diffs = diffs(input, &rows);
                     }
                     id.clone()
                 }
@@ -519,8 +545,55 @@ pub fn compare(
     comparison
 }
 
+fn gate_word(gate: Option<GateVerdict>) -> &'static str {
+    match gate {
+        Some(GateVerdict::Passed) => "passed",
+        Some(GateVerdict::Failed) => "failed",
+        None => "none",
+    }
+}
+
+/// Short diffs of the differing outputs of the first divergent stage.
+fn diffs(input: &CompareInput, rows: &[OutputRow]) -> Vec<OutputDiff> {
+    let labels = if input.vary {
+        ("build 1", "build 2")
+    } else {
+        ("expected", "rebuilt")
+    };
+    let mut diffs = Vec::new();
+    for row in rows.iter().filter(|r| r.verdict == Verdict::Differs) {
+        let (Some(expected), Some(rebuilt)) = (row.expected, row.rebuilt) else {
+            continue;
+        };
+        let path = input.ctx.root().join(&row.output);
+        let diff = if path.is_dir() {
+            Some("(a directory: --keep keeps both trees for a closer look)".to_string())
+        } else {
+            let rebuilt_bytes = std::fs::read(&path)
+                .ok()
+                .filter(|b| Digest::of_bytes(b) == rebuilt);
+            match ((input.expected_bytes)(&row.output, &expected), rebuilt_bytes) {
+                (Some(a), Some(b)) => text_diff(&a, &b, labels),
+                (None, _) => Some(
+                    "(no diff: the expected bytes are neither committed nor in the working tree; the lock holds only their hash)"
+                        .to_string(),
+                ),
+                _ => None,
+            }
+        };
+        if let Some(diff) = diff {
+            diffs.push(OutputDiff {
+                output: row.output.clone(),
+                diff,
+            });
+        }
+    }
+    diffs
+}
+
 /// Why a stage whose upstream matched wrote different outputs.
-fn explain_divergence(expected: &LockedStage, rebuilt: &LockedStage) -> String {
+fn explain_divergence(expected: &LockedStage, rebuilt: &LockedStage, vary: bool) -> String {
+    let reference = if vary { "the first build" } else { "the lock" };
     let inputs: Vec<String> = rebuilt
         .ingredients
         .inputs
@@ -531,30 +604,41 @@ fn explain_divergence(expected: &LockedStage, rebuilt: &LockedStage) -> String {
                 .inputs
                 .iter()
                 .find(|i| i.name == input.name)
-                .is_some_and(|i| i.hash != input.hash)
+                .is_none_or(|i| i.hash != input.hash)
         })
         .map(|i| i.path.clone())
         .collect();
     if !inputs.is_empty() {
-        return format!(
-            "input {} differs from what the lock records: the file is not what was built then (untracked, or the lock is stale)",
-            inputs.join(", ")
-        );
+        return if vary {
+            format!("input {} differs between the two builds", inputs.join(", "))
+        } else {
+            format!(
+                "input {} differs from what {reference} records: the file is not what was built then (untracked, or the lock is stale)",
+                inputs.join(", ")
+            )
+        };
     }
     let reasons = crate::key::Ingredients::diff(&expected.ingredients, &rebuilt.ingredients);
     if reasons.is_empty() {
         "its inputs, command and params matched, but its outputs did not: the stage is not deterministic (time, randomness, an undeclared input)".into()
     } else {
         let reasons: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
-        format!(
-            "its inputs matched; its action changed: {} (toolchain drift, or the lock is stale)",
-            reasons.join("; ")
-        )
+        if vary {
+            format!(
+                "its inputs matched; its key ingredients differ between the builds: {}",
+                reasons.join("; ")
+            )
+        } else {
+            format!(
+                "its inputs matched; its action changed: {} (toolchain drift, or the lock is stale)",
+                reasons.join("; ")
+            )
+        }
     }
 }
 
 /// A unified diff of two texts (JSON included), at most [`DIFF_LINES`] lines; `None` for binary.
-fn text_diff(expected: &[u8], rebuilt: &[u8]) -> Option<String> {
+fn text_diff(expected: &[u8], rebuilt: &[u8], labels: (&str, &str)) -> Option<String> {
     const DIFF_LINES: usize = 20;
     let (a, b) = (
         std::str::from_utf8(expected).ok()?,
@@ -566,7 +650,7 @@ fn text_diff(expected: &[u8], rebuilt: &[u8]) -> Option<String> {
     let diff = similar::TextDiff::from_lines(a, b)
         .unified_diff()
         .context_radius(2)
-        .header("expected", "rebuilt")
+        .header(labels.0, labels.1)
         .to_string();
     let lines: Vec<&str> = diff.lines().collect();
     let mut shown = lines[..lines.len().min(DIFF_LINES)].join("\n");
@@ -743,12 +827,21 @@ fn rebuilt_locks(ctx: &Context) -> LockedStages {
     stages_of(&locks)
 }
 
+/// Stages a child build did not run because something before them failed or was blocked.
+fn blocked_stages(build: &ChildBuild) -> BTreeSet<String> {
+    build
+        .outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Blocked | Outcome::NotStarted))
+        .map(|(s, _)| s.clone())
+        .collect()
+}
+
 /// `verify-reproducible COMMIT`: rebuild `commit` from scratch and compare with its locks.
 pub fn verify_commit(
     start: &Path,
     rev: &str,
     requested: &[String],
-    user_cache: Option<&Path>,
     keep: bool,
 ) -> Result<Verification, VerifyError> {
     let root =
@@ -757,25 +850,49 @@ pub fn verify_commit(
     let commit = repo.resolve(rev)?;
     let what = format!("commit {}", repo.describe(&commit));
     let scratch = Scratch::new(keep)?;
-    let tree = scratch.path().join("tree");
+    let result = verify_commit_in(&scratch, &root, &repo, &commit, &what, requested);
+    scratch.finish();
+    result
+}
+
+fn verify_commit_in(
+    scratch: &Scratch,
+    root: &Path,
+    repo: &Repository,
+    commit: &str,
+    what: &str,
+    requested: &[String],
+) -> Result<Verification, VerifyError> {
+    let tree = scratch.path().join(Conditions::plain().dir);
     std::fs::create_dir_all(&tree).map_err(io_err(&tree))?;
-    repo.checkout_into(&commit, &tree)?;
+    repo.checkout_into(commit, &tree)?;
     let ws_root = tree.join(&repo.prefix);
     if !ws_root.join(PIPELINES_DIR).is_dir() {
-        return Err(VerifyError::NoLock {
-            what,
-            lock: format!("{}{PIPELINES_DIR}/ (no pipelines there)", repo.prefix),
+        return Err(VerifyError::NoPipelines {
+            what: what.to_string(),
+            dir: format!("{}{PIPELINES_DIR}/", repo.prefix),
         });
     }
-    let pipelines = choose_pipelines(&ws_root, requested, &what)?;
-    let locks = read_locks(&ws_root, &pipelines, &what)?;
+    let pipelines = choose_pipelines(&ws_root, requested, what)?;
+    // The named pipelines must have a lock; others may hold stages they need.
+    read_locks(&ws_root, &pipelines, what)?;
+    let all = pipeline_names(&ws_root)?;
+    let present: Vec<String> = all
+        .into_iter()
+        .filter(|name| {
+            ws_root
+                .join(format!("{PIPELINES_DIR}/{name}.lock"))
+                .is_file()
+        })
+        .collect();
+    let locks = read_locks(&ws_root, &present, what)?;
     let expected = stages_of(&locks);
     let mut drift = BTreeSet::new();
     for (_, lock) in &locks {
         drift.extend(lock.toolchain.drift(&Toolchain::current()));
     }
-    // The expected bytes of an output, for a diff: the commit's own copy if it is committed,
-    // else the user's cache (read-only, after the rebuild, checked against the hash).
+    // The expected bytes of an output, for a diff: the commit's own copy when the output is
+    // committed, or the user's working tree when it holds exactly those bytes. Never the cache.
     let committed: BTreeMap<Digest, Vec<u8>> = expected
         .values()
         .flat_map(|s| s.outputs.iter())
@@ -786,61 +903,83 @@ pub fn verify_commit(
         .collect();
     remove_locks(&ws_root)?;
     let cache = scratch.path().join("cache");
-    let conditions = Conditions::reference();
-    let build = child_build(&ws_root, &cache, &pipelines, &conditions, false)?;
-    let result = build.check(&what).and_then(|()| {
-        let (ctx, selected) = open_rebuilt(&ws_root, &cache, &pipelines)?;
-        let rebuilt = rebuilt_locks(&ctx);
-        for (id, reb) in &rebuilt {
-            if let Some(exp) = expected.get(id) {
-                for reason in crate::key::Ingredients::diff(&exp.ingredients, &reb.ingredients) {
-                    if matches!(
-                        reason,
-                        crate::key::StaleReason::ToolChanged { .. }
-                            | crate::key::StaleReason::FingerprintChanged { .. }
-                    ) {
-                        drift.insert(format!("{id}: {reason}"));
-                    }
+    let conditions = Conditions::plain();
+    let build = child_build(&ws_root, &cache, &pipelines, &conditions)?;
+    build.check(what)?;
+    let (ctx, selected) = open_rebuilt(&ws_root, &cache, &pipelines)?;
+    let rebuilt = rebuilt_locks(&ctx);
+    for (id, reb) in &rebuilt {
+        if let Some(exp) = expected.get(id) {
+            for reason in crate::key::Ingredients::diff(&exp.ingredients, &reb.ingredients) {
+                if matches!(
+                    reason,
+                    crate::key::StaleReason::ToolChanged { .. }
+                        | crate::key::StaleReason::FingerprintChanged { .. }
+                ) {
+                    drift.insert(format!("{id}: {reason}"));
                 }
             }
         }
-        let user_cache = user_cache.map(Path::to_path_buf);
-        let lookup = |_: &str, hash: &Digest| -> Option<Vec<u8>> {
-            committed
-                .get(hash)
-                .cloned()
-                .or_else(|| crate::store::read_blob(user_cache.as_deref()?, hash))
-        };
-        let comparison = compare(&ctx, &selected, &expected, &rebuilt, &lookup);
-        Ok(Verification {
-            mode: "commit",
-            commit: Some(commit.clone()),
-            pipelines: pipelines.clone(),
-            drift: drift.into_iter().collect(),
-            builds: vec![BuildSummary {
-                conditions,
-                cache: "private",
-                stages: build.outcomes.clone(),
-            }],
-            reproducible: comparison.reproducible(),
-            comparison,
+    }
+    let lookup = |path: &str, hash: &Digest| -> Option<Vec<u8>> {
+        committed.get(hash).cloned().or_else(|| {
+            let bytes = std::fs::read(root.join(path)).ok()?;
+            (Digest::of_bytes(&bytes) == *hash).then_some(bytes)
         })
+    };
+    let comparison = compare(&CompareInput {
+        ctx: &ctx,
+        selected: &selected,
+        expected: &expected,
+        rebuilt: &rebuilt,
+        blocked: &blocked_stages(&build),
+        expected_bytes: &lookup,
+        vary: false,
     });
-    scratch.finish();
-    result
+    Ok(Verification {
+        mode: "commit",
+        commit: Some(commit.to_string()),
+        pipelines,
+        drift: drift.into_iter().collect(),
+        builds: vec![BuildSummary {
+            conditions,
+            cache: "private",
+            stages: build.outcomes,
+        }],
+        reproducible: comparison.reproducible(),
+        comparison,
+    })
 }
 
-/// Copies the workspace's source files (what git tracks or would track; without git, every file
-/// outside edgebuild's own directories and the declared outputs) to `dest`.
+/// Copies the workspace's source files to `dest`: what git tracks or would track (without git,
+/// every file), but never edgebuild's own directories (the cache, `.edgebuild/`), `.git/`, or
+/// the declared outputs of stages.
 pub fn copy_workspace(root: &Path, dest: &Path) -> Result<(), VerifyError> {
+    // Declared outputs are skipped when the pipelines load; when they do not, the build of the
+    // copy reports why.
+    let outputs: BTreeSet<String> = Workspace::load(root)
+        .map(|ws| {
+            ws.stages
+                .iter()
+                .flat_map(|s| s.outputs.iter().map(|p| p.path.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let skipped = |rel: &str| {
+        std::iter::once(rel)
+            .chain(crate::spec::ancestors(rel))
+            .any(|p| {
+                outputs.contains(p) || (p != PIPELINES_DIR && crate::spec::RESERVED.contains(&p))
+            })
+    };
     let files = match Repository::find(root) {
         Ok(repo) => repo.working_files(root)?,
-        Err(GitError::NotARepository(_)) => untracked_sources(root)?,
+        Err(GitError::NotARepository(_)) => all_files(root, &skipped)?,
         Err(e) => return Err(e.into()),
     };
-    for rel in files {
-        let from = root.join(&rel);
-        let to = dest.join(&rel);
+    for rel in files.iter().filter(|rel| !skipped(rel)) {
+        let from = root.join(rel);
+        let to = dest.join(rel);
         let Ok(meta) = std::fs::symlink_metadata(&from) else {
             continue; // deleted in the working tree
         };
@@ -857,24 +996,15 @@ pub fn copy_workspace(root: &Path, dest: &Path) -> Result<(), VerifyError> {
     Ok(())
 }
 
-fn untracked_sources(root: &Path) -> Result<Vec<String>, VerifyError> {
-    let ws = Workspace::load(root).map_err(|e| VerifyError::Workspace(Box::new(e.into())))?;
-    let outputs: BTreeSet<&str> = ws
-        .stages
-        .iter()
-        .flat_map(|s| s.outputs.iter().map(|p| p.path.as_str()))
-        .collect();
+/// Every file under `root` outside the `skipped` paths, relative to `root`.
+fn all_files(root: &Path, skipped: &dyn Fn(&str) -> bool) -> Result<Vec<String>, VerifyError> {
     let mut files = Vec::new();
     let walker = walkdir::WalkDir::new(root)
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|e| {
             let rel = e.path().strip_prefix(root).unwrap_or(e.path());
-            let rel = rel.to_string_lossy();
-            let reserved = crate::spec::RESERVED
-                .iter()
-                .any(|r| *r != PIPELINES_DIR && rel == *r);
-            !reserved && !outputs.contains(rel.as_ref())
+            rel.as_os_str().is_empty() || !skipped(&rel.to_string_lossy())
         });
     for entry in walker {
         let entry = entry.map_err(|e| VerifyError::Io {
@@ -898,9 +1028,18 @@ pub fn verify_variations(
 ) -> Result<Verification, VerifyError> {
     let root =
         Workspace::find_root(start).map_err(|e| VerifyError::Workspace(Box::new(e.into())))?;
-    let what = "the working tree".to_string();
-    let pipelines = choose_pipelines(&root, requested, &what)?;
+    let pipelines = choose_pipelines(&root, requested, "the working tree")?;
     let scratch = Scratch::new(keep)?;
+    let result = verify_variations_in(&scratch, &root, pipelines);
+    scratch.finish();
+    result
+}
+
+fn verify_variations_in(
+    scratch: &Scratch,
+    root: &Path,
+    pipelines: Vec<String>,
+) -> Result<Verification, VerifyError> {
     let mut builds = Vec::new();
     let mut opened = Vec::new();
     for (n, conditions) in [Conditions::reference(), Conditions::varied()]
@@ -909,31 +1048,34 @@ pub fn verify_variations(
     {
         let ws_root = scratch.path().join(conditions.dir);
         std::fs::create_dir_all(&ws_root).map_err(io_err(&ws_root))?;
-        copy_workspace(&root, &ws_root)?;
+        copy_workspace(root, &ws_root)?;
         remove_locks(&ws_root)?;
         let cache = scratch.path().join(format!("cache-{n}"));
-        let build = child_build(&ws_root, &cache, &pipelines, &conditions, true)?;
-        if let Err(e) = build.check(&what) {
-            scratch.finish();
-            return Err(e);
-        }
+        let build = child_build(&ws_root, &cache, &pipelines, &conditions)?;
+        build.check(&format!("the working tree (build {})", n + 1))?;
         let (ctx, selected) = open_rebuilt(&ws_root, &cache, &pipelines)?;
+        opened.push((ctx, selected, blocked_stages(&build)));
         builds.push(BuildSummary {
             conditions,
             cache: "private",
             stages: build.outcomes,
         });
-        opened.push((ctx, selected));
     }
-    let (reference, _) = &opened[0];
-    let (varied, selected) = &opened[1];
+    let (reference, _, _) = &opened[0];
+    let (varied, selected, blocked) = &opened[1];
     let expected = rebuilt_locks(reference);
     let rebuilt = rebuilt_locks(varied);
     let reference_root: PathBuf = reference.root().to_path_buf();
     let lookup = |path: &str, _: &Digest| std::fs::read(reference_root.join(path)).ok();
-    let comparison = compare(varied, selected, &expected, &rebuilt, &lookup);
-    drop(opened);
-    scratch.finish();
+    let comparison = compare(&CompareInput {
+        ctx: varied,
+        selected,
+        expected: &expected,
+        rebuilt: &rebuilt,
+        blocked,
+        expected_bytes: &lookup,
+        vary: true,
+    });
     Ok(Verification {
         mode: "vary",
         commit: None,
@@ -962,10 +1104,10 @@ pub fn render(v: &Verification) -> String {
                 out,
                 "Built {} twice from scratch; the second build varied: working directory, TZ={}, LC_ALL={}, SOURCE_DATE_EPOCH={}, umask {:03o}, -j {}, {} thread(s).",
                 v.pipelines.join(", "),
-                b.tz,
-                b.locale,
-                b.source_date_epoch,
-                b.umask,
+                b.stage_var("TZ"),
+                b.stage_var("LC_ALL"),
+                b.stage_var("SOURCE_DATE_EPOCH"),
+                b.umask.unwrap_or_default(),
                 b.jobs,
                 b.threads
             )
@@ -996,6 +1138,7 @@ pub fn render(v: &Verification) -> String {
         Verdict::Volatile => "volatile (not compared)",
         Verdict::Missing => "MISSING",
         Verdict::Unexpected => "NOT IN LOCK",
+        Verdict::Blocked => "blocked (not built)",
     };
     let rows: Vec<[String; 5]> = v
         .comparison
@@ -1070,13 +1213,21 @@ pub fn render(v: &Verification) -> String {
             .unwrap(),
         }
     }
+    for note in &v.comparison.notes {
+        writeln!(out, "Note: {note}").unwrap();
+    }
     let compared = v
         .comparison
         .outputs
         .iter()
-        .filter(|r| r.verdict != Verdict::Volatile)
+        .filter(|r| r.verdict == Verdict::Match)
         .count();
-    let volatile = v.comparison.outputs.len() - compared;
+    let volatile = v
+        .comparison
+        .outputs
+        .iter()
+        .filter(|r| r.verdict == Verdict::Volatile)
+        .count();
     if v.reproducible {
         writeln!(
             out,
@@ -1103,10 +1254,13 @@ pub fn verdict(v: &Verification) -> Result<(), VerifyError> {
     }
 }
 
-/// Variables that a variation build passes to `cmd` stages, by name.
-pub fn variation_env(names: &[String]) -> Vec<(String, OsString)> {
-    names
+/// Parses the `NAME=VALUE` variables that a variation build passes to `cmd` stages.
+pub fn variation_env(assignments: &[String]) -> Vec<(String, OsString)> {
+    assignments
         .iter()
-        .filter_map(|name| Some((name.clone(), std::env::var_os(name)?)))
+        .filter_map(|a| {
+            let (name, value) = a.split_once('=')?;
+            Some((name.to_string(), OsString::from(value)))
+        })
         .collect()
 }

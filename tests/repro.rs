@@ -106,7 +106,15 @@ fn a_clean_commit_verifies_from_scratch_and_touches_nothing_of_the_user() {
     let outputs_before = snapshot(&ws.file("out"));
     assert!(!cache_before.is_empty());
 
-    let v = verify(&ws, &["HEAD"], 0);
+    // Even when the environment names the user's cache, the rebuild does not use it.
+    let out = ws
+        .command()
+        .env("EDGEBUILD_CACHE_DIR", ws.file("cache"))
+        .args(["verify-reproducible", "--json", "HEAD"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["commit"], commit);
     assert_eq!(v["reproducible"], true);
     assert_eq!(v["first_divergent"], Value::Null);
@@ -466,4 +474,173 @@ stages:
         text.contains("its action changed: tool gen: gen 1.0 → gen 2.0 (toolchain drift"),
         "{text}"
     );
+}
+
+#[test]
+fn a_named_pipeline_is_verified_with_the_stages_it_needs_from_others() {
+    let ws = repo(DETERMINISTIC);
+    ws.pipeline(
+        "q",
+        r#"
+version: 1
+stages:
+  upper:
+    cmd: "tr a-z A-Z < ${inputs.counts} > ${outputs.upper}"
+    inputs: {counts: out/counts.txt}
+    outputs: {upper: out/upper.txt}
+"#,
+    );
+    built_commit(&ws);
+    let v = verify(&ws, &["HEAD", "q"], 0);
+    assert_eq!(v["pipelines"], serde_json::json!(["q"]));
+    assert_eq!(verdicts(&v)["out/upper.txt"], "match");
+    assert_eq!(verdicts(&v)["out/words.txt"], "match");
+}
+
+#[test]
+fn a_gate_that_failed_at_the_commit_fails_again_and_that_is_reproducible() {
+    let ws = repo(DETERMINISTIC);
+    let gated = |max: u32| {
+        format!(
+            r#"
+version: 1
+stages:
+  size:
+    cmd: "mkdir -p out && printf '{{\"bytes\": %d}}' $(wc -c < data/text.txt) > out/size.json"
+    inputs: [data/text.txt]
+    outputs: [out/size.json]
+  gate:
+    op: gate
+    inputs: {{size: out/size.json}}
+    outputs: {{verdict: out/gate.json}}
+    params:
+      checks: [{{name: small, input: size, path: bytes, max: {max}}}]
+  ship:
+    cmd: "cp out/size.json out/shipped.json"
+    inputs: [out/size.json]
+    outputs: [out/shipped.json]
+    after: [gate]
+"#
+        )
+    };
+    ws.pipeline("g", &gated(1000));
+    ws.build(&["g"], 0);
+    // Tighten the gate: it fails, `ship` is blocked and keeps its earlier lock entry.
+    ws.pipeline("g", &gated(10));
+    ws.build(&["g"], 3);
+    ws.commit("a failing gate");
+    let v = verify(&ws, &["HEAD", "g"], 0);
+    assert_eq!(verdicts(&v)["out/gate.json"], "match");
+    assert_eq!(verdicts(&v)["out/shipped.json"], "blocked");
+    assert_eq!(v["builds"][0]["stages"]["g:gate"], "gate-failed");
+    let notes = v["notes"].to_string();
+    assert!(
+        notes.contains("gate g:gate failed, as the reference records"),
+        "{notes}"
+    );
+    assert!(notes.contains("g:ship was not built"), "{notes}");
+}
+
+#[test]
+fn declared_environment_keeps_its_value_in_verification_builds() {
+    let ws = repo(
+        r#"
+version: 1
+stages:
+  stamp:
+    cmd: "mkdir -p out && echo $SOURCE_DATE_EPOCH $TZ > out/env.txt"
+    outputs: [out/env.txt]
+    env: [SOURCE_DATE_EPOCH, TZ]
+"#,
+    );
+    let with_env = |args: &[&str]| {
+        ws.command()
+            .env("SOURCE_DATE_EPOCH", "1600000000")
+            .env("TZ", "Europe/Paris")
+            .env("EDGEBUILD_CACHE_DIR", ws.file("cache"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(with_env(&["build"]).status.code(), Some(0));
+    assert_eq!(ws.read("out/env.txt"), "1600000000 Europe/Paris\n");
+    ws.commit("built");
+    for args in [
+        &["verify-reproducible", "HEAD"][..],
+        &["verify-reproducible", "--vary"],
+    ] {
+        let out = with_env(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn a_stage_whose_own_inputs_matched_is_a_root_cause_even_below_another() {
+    // `a` writes a stable file and a stamped one; `b` reads only the stable file, `c` only runs
+    // after `a`: both write the time themselves, so both are root causes, not a cascade.
+    let ws = repo(
+        r#"
+version: 1
+stages:
+  a:
+    cmd: "mkdir -p out && cp data/text.txt out/x.txt && date +%s%N > out/t.txt"
+    inputs: [data/text.txt]
+    outputs: [out/x.txt, out/t.txt]
+  b:
+    cmd: "(cat out/x.txt; date +%s%N) > out/b.txt"
+    inputs: [out/x.txt]
+    outputs: [out/b.txt]
+  c:
+    cmd: "date +%s%N > out/c.txt"
+    outputs: [out/c.txt]
+    after: [a]
+"#,
+    );
+    built_commit(&ws);
+    let v = verify(&ws, &["HEAD"], 5);
+    assert_eq!(v["first_divergent"], "p:a");
+    let kinds: BTreeMap<String, String> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["stage"].as_str().unwrap().into(),
+                f["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeMap::from([
+            ("p:a".into(), "root".into()),
+            ("p:b".into(), "root".into()),
+            ("p:c".into(), "root".into()),
+        ])
+    );
+}
+
+#[test]
+fn variation_copies_leave_out_the_cache_outputs_and_state() {
+    let ws = repo(DETERMINISTIC);
+    ws.build(&[], 0);
+    ws.write("cache/junk", "not a source");
+    let out = ws.run(&["verify-reproducible", "--vary", "--keep"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let kept = stderr(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("kept the rebuilt workspace in "))
+        .map(std::path::PathBuf::from)
+        .expect("--keep prints the path");
+    let copy = kept.join("a/workspace");
+    assert!(copy.join("data/text.txt").is_file());
+    assert!(copy.join("out/counts.txt").is_file(), "rebuilt there");
+    assert!(!copy.join("cache/junk").exists());
+    std::fs::remove_dir_all(kept).unwrap();
 }
