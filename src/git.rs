@@ -121,7 +121,7 @@ impl Repository {
     /// A one-line description of a commit: short hash and subject.
     pub fn describe(&self, commit: &str) -> String {
         let mut cmd = git(&self.toplevel);
-        cmd.args(["log", "-1", "--format=%h %s", commit]);
+        cmd.args(["log", "-1", "--format=%h (%s)", commit]);
         run(cmd, "log").map(text).unwrap_or_else(|_| commit.into())
     }
 

@@ -620,7 +620,13 @@ fn explain_divergence(expected: &LockedStage, rebuilt: &LockedStage, vary: bool)
     }
     let reasons = crate::key::Ingredients::diff(&expected.ingredients, &rebuilt.ingredients);
     if reasons.is_empty() {
-        "its inputs, command and params matched, but its outputs did not: the stage is not deterministic (time, randomness, an undeclared input)".into()
+        let mut text = String::from(
+            "its inputs, command and params matched, but its outputs did not: the stage is not deterministic (time, randomness, an undeclared input)",
+        );
+        if !vary {
+            text.push_str(", or the lock's output hash was edited");
+        }
+        text
     } else {
         let reasons: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
         if vary {

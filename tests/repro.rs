@@ -644,3 +644,34 @@ fn variation_copies_leave_out_the_cache_outputs_and_state() {
     assert!(!copy.join("cache/junk").exists());
     std::fs::remove_dir_all(kept).unwrap();
 }
+
+#[test]
+fn what_users_read() {
+    let ws = repo(DETERMINISTIC);
+    let redact = |text: String, commit: &str| {
+        text.replace(&commit[..12], "[COMMIT]")
+            .replace(&commit[..7], "[SHORT]")
+            .replace(&ws.path().display().to_string(), "[WS]")
+    };
+    let unlocked = ws.commit("pipeline without a lock");
+    let out = ws.run(&["verify-reproducible", "HEAD"]);
+    insta::assert_snapshot!("no_lock", redact(stderr(&out), &unlocked));
+    let out = ws.run(&["verify-reproducible", "v9.9"]);
+    insta::assert_snapshot!("unknown_commit", stderr(&out));
+
+    built_commit(&ws);
+    let lock = ws.read("pipelines/p.lock");
+    let mut value: Value = serde_json::from_str(&lock).unwrap();
+    value["stages"]["words"]["outputs"]["out/words.txt"]["hash"] = Value::String("ab".repeat(32));
+    ws.write(
+        "pipelines/p.lock",
+        &serde_json::to_string_pretty(&value).unwrap(),
+    );
+    let edited = ws.commit("edit an output hash");
+    let out = ws.run(&["verify-reproducible", "HEAD"]);
+    assert_eq!(out.status.code(), Some(5));
+    insta::assert_snapshot!("edited_lock_stdout", redact(stdout(&out), &edited));
+    let diagnostic = stderr(&out);
+    let diagnostic = &diagnostic[diagnostic.find("edgebuild::verify").unwrap()..];
+    insta::assert_snapshot!("edited_lock_stderr", diagnostic);
+}
