@@ -158,7 +158,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             json,
             check,
         } => {
-            let ctx = Context::open(&options, Access::Read)?;
+            let mut ctx = Context::open(&options, Access::Read)?;
+            // `plan` runs nothing, so each path's hash can be looked up once.
+            ctx.stat.memoize();
             let selected = ctx.select(&targets)?;
             let plans = plan::plan(&ctx, &selected);
             ctx.save_stat_cache();

@@ -202,6 +202,9 @@ const RACY_WINDOW: Duration = Duration::from_secs(2);
 pub struct StatCache {
     entries: Mutex<std::collections::HashMap<String, StatEntry>>,
     dirty: std::sync::atomic::AtomicBool,
+    /// For commands that run nothing (`plan`): each path's result, so it is looked at once.
+    memo:
+        Option<Mutex<std::collections::HashMap<String, Result<PathHash, (io::ErrorKind, String)>>>>,
 }
 
 impl StatCache {
@@ -214,7 +217,18 @@ impl StatCache {
         StatCache {
             entries: Mutex::new(entries),
             dirty: Default::default(),
+            memo: None,
         }
+    }
+
+    /// Remembers every [`StatCache::path`] result for the rest of the process. Only for
+    /// commands during which nothing writes to the workspace.
+    pub fn memoize(&mut self) {
+        self.memo = Some(Mutex::default());
+    }
+
+    pub fn is_memoized(&self) -> bool {
+        self.memo.is_some()
     }
 
     /// Writes the cache atomically, if anything changed.
@@ -270,6 +284,26 @@ impl StatCache {
 
     /// The hash of a file or directory at workspace-relative `rel`.
     pub fn path(&self, root: &Path, rel: &str) -> io::Result<PathHash> {
+        let Some(memo) = &self.memo else {
+            return self.path_uncached(root, rel);
+        };
+        if let Some(known) = memo.lock().expect("stat memo poisoned").get(rel) {
+            return known
+                .clone()
+                .map_err(|(kind, message)| io::Error::new(kind, message));
+        }
+        let result = self.path_uncached(root, rel);
+        let kept = match &result {
+            Ok(hash) => Ok(hash.clone()),
+            Err(e) => Err((e.kind(), e.to_string())),
+        };
+        memo.lock()
+            .expect("stat memo poisoned")
+            .insert(rel.to_string(), kept);
+        result
+    }
+
+    fn path_uncached(&self, root: &Path, rel: &str) -> io::Result<PathHash> {
         let full = root.join(rel);
         let meta = std::fs::metadata(&full)?;
         if !meta.is_dir() {

@@ -1,5 +1,10 @@
 use clap::Parser;
 
+// Loading a large workspace allocates millions of small objects; mimalloc makes that markedly
+// cheaper than the system allocator (see the README's benchmarks).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // Output piped into `head` ends quietly, as for any Unix tool, instead of panicking.
     // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.

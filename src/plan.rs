@@ -253,6 +253,26 @@ pub struct StagePlan {
 
 /// Plans the selected stages (in topological order) without running anything.
 pub fn plan(ctx: &Context, selected: &[usize]) -> Vec<StagePlan> {
+    if ctx.stat.is_memoized() {
+        // Nothing changes the workspace meanwhile: look at every path once, in parallel.
+        let mut paths: Vec<&str> = selected
+            .iter()
+            .flat_map(|&s| {
+                let stage = &ctx.ws.stages[s];
+                stage
+                    .inputs
+                    .iter()
+                    .chain(&stage.outputs)
+                    .map(|p| p.path.as_str())
+            })
+            .collect();
+        paths.sort_unstable();
+        paths.dedup();
+        use rayon::prelude::*;
+        paths.par_iter().for_each(|path| {
+            let _ = ctx.stat.path(ctx.root(), path);
+        });
+    }
     let mut known: Vec<Option<(BTreeMap<String, PathHash>, bool)>> =
         vec![None; ctx.ws.stages.len()];
     let mut plans = Vec::with_capacity(selected.len());
