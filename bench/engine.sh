@@ -51,7 +51,7 @@ BIN="$TARGET_DIR/release/edgebuild"
 BINDIR=$(mktemp -d); TMPDIRS+=("$BINDIR")
 cp "$BIN" "$BINDIR/edgebuild"
 BIN="$BINDIR/edgebuild"
-BINREV="$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo "?")$(cd "$REPO" && [[ -n $(git status --porcelain -- src 2>/dev/null) ]] && echo " + uncommitted src changes")"
+BINREV="$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo "?")$(cd "$REPO" && [[ -n $(git status --porcelain -- src 2>/dev/null) ]] && echo " + uncommitted src changes" || true)"
 
 LOAD_START=$(cut -d" " -f1 /proc/loadavg)
 USE_HYPERFINE=0
