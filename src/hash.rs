@@ -203,9 +203,11 @@ pub struct StatCache {
     entries: Mutex<std::collections::HashMap<String, StatEntry>>,
     dirty: std::sync::atomic::AtomicBool,
     /// For commands that run nothing (`plan`): each path's result, so it is looked at once.
-    memo:
-        Option<Mutex<std::collections::HashMap<String, Result<PathHash, (io::ErrorKind, String)>>>>,
+    memo: Option<Mutex<std::collections::HashMap<String, MemoizedPath>>>,
 }
+
+/// A remembered [`StatCache::path`] result (`io::Error` is not `Clone`).
+type MemoizedPath = Result<PathHash, (io::ErrorKind, String)>;
 
 impl StatCache {
     /// Loads a stat cache file; a missing or unreadable one is an empty cache.

@@ -1028,12 +1028,12 @@ pub fn normalize_path(root: &Path, raw: &str) -> Result<String, &'static str> {
     PathChecker::new(root).check(raw)
 }
 
-/// Checks many paths of one workspace, remembering the directories already found safe, so each
-/// path costs about one `lstat`.
+/// Checks many paths of one workspace, remembering the directories and files already found safe,
+/// so each distinct path costs about one `lstat`.
 pub struct PathChecker {
     root: PathBuf,
     canonical_root: PathBuf,
-    safe_dirs: std::cell::RefCell<std::collections::HashSet<String>>,
+    safe_paths: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl PathChecker {
@@ -1041,7 +1041,7 @@ impl PathChecker {
         PathChecker {
             root: root.to_path_buf(),
             canonical_root: std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()),
-            safe_dirs: Default::default(),
+            safe_paths: Default::default(),
         }
     }
 
@@ -1062,12 +1062,15 @@ impl PathChecker {
             return Err("names the workspace root itself");
         }
         let normalized = parts.join("/");
+        if self.safe_paths.borrow().contains(&normalized) {
+            return Ok(normalized); // an input of one stage is often another's output
+        }
         // Follow symlinks along the existing prefix of the path.
         let mut prefix_len = 0;
         for (i, part) in parts.iter().enumerate() {
             prefix_len += part.len() + usize::from(i > 0);
             let prefix = &normalized[..prefix_len];
-            if self.safe_dirs.borrow().contains(prefix) {
+            if self.safe_paths.borrow().contains(prefix) {
                 continue;
             }
             let full = self.root.join(prefix);
@@ -1079,8 +1082,8 @@ impl PathChecker {
                     Ok(real) if real.starts_with(&self.canonical_root) => {}
                     _ => return Err("goes through a symlink that leaves the workspace"),
                 }
-            } else if meta.is_dir() {
-                self.safe_dirs.borrow_mut().insert(prefix.to_string());
+            } else if meta.is_dir() || i + 1 == parts.len() {
+                self.safe_paths.borrow_mut().insert(prefix.to_string());
             }
         }
         Ok(normalized)
