@@ -57,6 +57,13 @@ pub enum Command {
         /// Print the result of every stage as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Write a JUnit XML report (every gate check and every stage a test case) to FILE.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Write a Markdown summary (verdict, gate checks, failures) to FILE, e.g.
+        /// "$GITHUB_STEP_SUMMARY".
+        #[arg(long, value_name = "FILE")]
+        summary: Option<PathBuf>,
         /// Set NAME=VALUE for `cmd` stages that do not declare NAME, outside their keys.
         /// Internal: used by `verify-reproducible --vary` with a private cache.
         #[arg(long, hide = true, value_name = "NAME=VALUE")]
@@ -187,6 +194,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             jobs,
             keep_going,
             json,
+            junit,
+            summary,
             variation_env,
         } => {
             let ctx = Context::open(&options, Access::Write)?;
@@ -209,6 +218,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     "{}",
                     serde_json::to_string_pretty(&report).expect("reports serialize")
                 );
+            }
+            for (file, text) in [
+                (junit, crate::ci::junit as fn(&Context, &exec::BuildReport) -> String),
+                (summary, crate::ci::markdown),
+            ] {
+                if let Some(file) = file {
+                    crate::store::write_atomic(&file, text(&ctx, &report).as_bytes())
+                        .map_err(|e| Error::io(&file, e))?;
+                }
             }
             eprintln!(
                 "Build: {} ran, {} restored, {} up to date, {} failed, {} gate(s) failed, {} blocked{} in {:.2}s",
