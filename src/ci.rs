@@ -41,7 +41,8 @@ impl Check {
     }
 
     fn value_text(&self) -> String {
-        self.value.map_or_else(|| "missing".into(), |v| v.to_string())
+        self.value
+            .map_or_else(|| "missing".into(), |v| v.to_string())
     }
 }
 

@@ -27,6 +27,19 @@ pub struct Cli {
     /// The cache directory (default: `cache/` in the workspace).
     #[arg(long, global = true, env = CACHE_ENV, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// The shared remote cache (file://, http(s)://, s3://, gs://, az://); overrides
+    /// EDGEBUILD_REMOTE and edgebuild.yaml.
+    #[arg(long, global = true, value_name = "URL")]
+    pub remote: Option<String>,
+    /// Upload what this build produces to the remote (CI writers; off by default).
+    #[arg(long, global = true)]
+    pub remote_upload: bool,
+    /// Fail with exit code 6 when the remote is unavailable instead of building locally.
+    #[arg(long, global = true)]
+    pub remote_required: bool,
+    /// Use no remote, whatever the configuration says.
+    #[arg(long, global = true, conflicts_with_all = ["remote", "remote_upload", "remote_required"])]
+    pub no_remote: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -123,12 +136,31 @@ pub enum Command {
         #[arg(long, default_value = "host")]
         name: String,
     },
+    /// The shared remote cache: what is where, and moving entries by hand.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Remove cache entries that no lock file in `pipelines/` refers to.
     Gc {
         /// Collect a cache outside the workspace too (it may hold other workspaces' entries).
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// For each locked stage: whether its entry is in the local cache and the remote.
+    Status {
+        targets: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload the local entries of the locked stages to the remote.
+    Push { targets: Vec<String> },
+    /// Download the remote entries of the locked stages into the local cache (verified).
+    Pull { targets: Vec<String> },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -158,6 +190,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let options = Options {
         dir: cli.dir.clone(),
         cache_dir: cli.cache_dir.clone(),
+        remote: crate::context::RemoteOverrides {
+            url: cli.remote.clone(),
+            upload: cli.remote_upload,
+            required: cli.remote_required,
+            disabled: cli.no_remote,
+        },
     };
     match cli.command {
         Command::Plan {
@@ -220,7 +258,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             for (file, text) in [
-                (junit, crate::ci::junit as fn(&Context, &exec::BuildReport) -> String),
+                (
+                    junit,
+                    crate::ci::junit as fn(&Context, &exec::BuildReport) -> String,
+                ),
                 (summary, crate::ci::markdown),
             ] {
                 if let Some(file) = file {
@@ -242,6 +283,35 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 started.elapsed().as_secs_f64()
             );
+            if let Some(remote) = &ctx.remote {
+                let stats = remote.stats();
+                eprintln!(
+                    "Remote {}: {} restored, {} missed, {} rejected, {} entr{} uploaded",
+                    remote.url(),
+                    stats.hits,
+                    stats.misses,
+                    stats.rejected,
+                    stats.uploaded_entries,
+                    if stats.uploaded_entries == 1 {
+                        "y"
+                    } else {
+                        "ies"
+                    },
+                );
+            }
+            if let Some(stage) = report.stages.iter().find(|s| s.remote_unavailable) {
+                return Err(Error::Remote(crate::remote::RemoteError::Unavailable {
+                    url: ctx
+                        .remote
+                        .as_ref()
+                        .map_or(String::new(), |r| r.url().to_string()),
+                    message: format!(
+                        "{} could not use it: {}",
+                        stage.stage,
+                        stage.error.as_deref().unwrap_or("?")
+                    ),
+                }));
+            }
             let failed = report.with_outcome(Outcome::Failed);
             let bad: Vec<&str> = report
                 .stages
@@ -379,6 +449,85 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::ProfileHost { name } => {
             print!("{}", crate::profile::host_profile_yaml(&name));
             Ok(ExitCode::Ok)
+        }
+        Command::Cache { action } => {
+            let access = match action {
+                CacheAction::Pull { .. } => Access::Write,
+                _ => Access::Read,
+            };
+            let ctx = Context::open(&options, access)?;
+            let Some(remote) = &ctx.remote else {
+                return Err(Error::usage(
+                    "no remote cache is configured",
+                    Some(format!(
+                        "give --remote URL, set {}, or add `remote: {{url: ...}}` to {}",
+                        crate::remote::REMOTE_ENV,
+                        crate::context::CONFIG_FILE
+                    )),
+                ));
+            };
+            match action {
+                CacheAction::Status { targets, json } => {
+                    let selected = ctx.select(&targets)?;
+                    let rows = crate::remote::status(&ctx, remote, &selected);
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&serde_json::json!({
+                                "remote": remote.url(),
+                                "stages": rows,
+                            }))
+                            .expect("status serializes")
+                        );
+                    } else {
+                        println!("remote: {}", remote.url());
+                        let width = rows.iter().map(|r| r.stage.len()).max().unwrap_or(5);
+                        println!("{:width$}  key           local   remote   bytes", "stage");
+                        for row in &rows {
+                            let yes = |b: bool| if b { "yes" } else { "no" };
+                            let remote = match (row.volatile, row.remote) {
+                                (true, _) => "volatile",
+                                (false, Some(b)) => yes(b),
+                                (false, None) => "?",
+                            };
+                            println!(
+                                "{:width$}  {}  {:6}  {:8} {:>6}",
+                                row.stage,
+                                row.key.short(),
+                                yes(row.local),
+                                remote,
+                                row.bytes
+                            );
+                        }
+                    }
+                    Ok(ExitCode::Ok)
+                }
+                CacheAction::Push { ref targets } | CacheAction::Pull { ref targets } => {
+                    let pushing = matches!(action, CacheAction::Push { .. });
+                    let selected = ctx.select(targets)?;
+                    let transfer = if pushing {
+                        crate::remote::push(&ctx, remote, &selected)?
+                    } else {
+                        crate::remote::pull(&ctx, remote, &selected)?
+                    };
+                    let (verb, there, missing) = if pushing {
+                        ("pushed", "already on the remote", "not in the local cache")
+                    } else {
+                        ("pulled", "already local", "not on the remote")
+                    };
+                    eprintln!(
+                        "{verb} {}, {} {there}, {} {missing}, {} volatile (never shared)",
+                        transfer.transferred.len(),
+                        transfer.already_there.len(),
+                        transfer.unavailable.len(),
+                        transfer.volatile.len()
+                    );
+                    for stage in &transfer.unavailable {
+                        eprintln!("  {missing}: {stage}");
+                    }
+                    Ok(ExitCode::Ok)
+                }
+            }
         }
         Command::Gc { force } => {
             let ctx = Context::open(&options, Access::Write)?;

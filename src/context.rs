@@ -15,6 +15,7 @@ use crate::graph::Graph;
 use crate::hash::{Digest, StatCache};
 use crate::key::{Ingredients, InputIngredient, OpIdentity, OutputIngredient};
 use crate::lock::{LockFile, LockedStage};
+use crate::remote::{Remote, RemoteSettings};
 use crate::spec::{Action, Stage, Workspace};
 use crate::store::Store;
 
@@ -30,6 +31,73 @@ pub struct Options {
     pub dir: Option<PathBuf>,
     /// The cache directory (default: `cache/` under the workspace root).
     pub cache_dir: Option<PathBuf>,
+    /// Remote cache settings from the command line; merged over the environment and the
+    /// workspace's `edgebuild.yaml` (see [`remote_settings`]).
+    pub remote: RemoteOverrides,
+}
+
+/// Remote cache settings given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteOverrides {
+    pub url: Option<String>,
+    pub upload: bool,
+    pub required: bool,
+    /// No remote at all, whatever the configuration says.
+    pub disabled: bool,
+}
+
+/// The workspace's configuration file, `edgebuild.yaml` beside `pipelines/`.
+pub const CONFIG_FILE: &str = "edgebuild.yaml";
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkspaceConfig {
+    #[serde(default)]
+    remote: Option<RemoteSettings>,
+}
+
+/// The remote settings of a workspace: `edgebuild.yaml`, then the environment
+/// (`EDGEBUILD_REMOTE`, `EDGEBUILD_REMOTE_UPLOAD`), then the command line, each overriding the
+/// one before.
+pub fn remote_settings(root: &Path, overrides: &RemoteOverrides) -> Result<RemoteSettings> {
+    let path = root.join(CONFIG_FILE);
+    let mut settings = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_saphyr::from_str::<WorkspaceConfig>(&text)
+            .map_err(|e| {
+                Error::usage(
+                    format!("cannot read {CONFIG_FILE}: {e}"),
+                    Some("see SPEC.md, \"Remote cache\", for its keys".into()),
+                )
+            })?
+            .remote
+            .unwrap_or_default(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RemoteSettings::default(),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    if let Ok(url) = std::env::var(crate::remote::REMOTE_ENV) {
+        settings.url = Some(url);
+    }
+    if let Ok(upload) = std::env::var(crate::remote::UPLOAD_ENV) {
+        settings.upload = matches!(upload.as_str(), "1" | "true" | "yes");
+    }
+    if let Some(url) = &overrides.url {
+        settings.url = Some(url.clone());
+    }
+    settings.upload |= overrides.upload;
+    settings.required |= overrides.required;
+    if overrides.disabled {
+        settings.url = None;
+    }
+    if settings.required && settings.url.is_none() {
+        return Err(Error::usage(
+            "--remote-required, but no remote is configured",
+            Some(format!(
+                "give --remote URL, set {}, or add `remote: {{url: ...}}` to {CONFIG_FILE}",
+                crate::remote::REMOTE_ENV
+            )),
+        ));
+    }
+    Ok(settings)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +113,8 @@ pub struct Context {
     pub stat: StatCache,
     /// One per pipeline, in [`Workspace::pipelines`] order.
     pub locks: Vec<Option<LockFile>>,
+    /// The shared remote cache, when one is configured.
+    pub remote: Option<Remote>,
     tool_versions: Mutex<BTreeMap<String, String>>,
     _workspace_lock: File,
 }
@@ -75,6 +145,10 @@ impl Context {
             None => root.join("cache"),
         };
         let store = Store::open(&cache_dir)?;
+        let remote = Remote::open(&remote_settings(&root, &options.remote)?)?;
+        if let Some(remote) = remote.as_ref().filter(|r| r.required) {
+            remote.probe()?;
+        }
         let mut locks = Vec::new();
         for pipeline in &ws.pipelines {
             let file = pipeline.lock_file();
@@ -96,6 +170,7 @@ impl Context {
             store,
             stat,
             locks,
+            remote,
             tool_versions: Mutex::new(BTreeMap::new()),
             _workspace_lock: workspace_lock,
         })

@@ -41,6 +41,10 @@ pub enum Error {
     #[diagnostic(transparent)]
     Verify(#[from] crate::repro::VerifyError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
+
     #[error("{message}")]
     #[diagnostic(code(edgebuild::usage))]
     Usage {
@@ -87,6 +91,10 @@ impl Error {
             }
             Error::GatesFailed { .. } => ExitCode::GateFailed,
             Error::Verify(e) => e.exit_code(),
+            Error::Remote(crate::remote::RemoteError::Unavailable { .. }) => {
+                ExitCode::RemoteUnavailable
+            }
+            Error::Remote(_) => ExitCode::BadInput,
         }
     }
 

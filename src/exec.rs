@@ -200,6 +200,12 @@ pub struct StageResult {
     pub blocked_by: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub bad_input: bool,
+    /// Restored from the remote cache.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_remote: bool,
+    /// Failed because the required remote was unavailable.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub remote_unavailable: bool,
     pub duration_ms: u64,
     #[serde(skip)]
     outputs: Option<Arc<BTreeMap<String, PathHash>>>,
@@ -218,6 +224,8 @@ impl StageResult {
             log: Vec::new(),
             blocked_by: None,
             bad_input: false,
+            from_remote: false,
+            remote_unavailable: false,
             duration_ms: 0,
             outputs: None,
             locked: None,
@@ -310,6 +318,9 @@ fn describe(result: &StageResult) -> Option<String> {
     let mut text = match result.outcome {
         Outcome::UpToDate | Outcome::NotStarted => return None,
         Outcome::Ran => format!("ran      {} in {seconds:.2}s{}", result.stage, why()),
+        Outcome::Restored if result.from_remote => {
+            format!("restored {} from the remote{}", result.stage, why())
+        }
         Outcome::Restored => format!("restored {}{}", result.stage, why()),
         Outcome::GateFailed => format!("GATE FAILED {}", result.stage),
         Outcome::Failed => format!(
@@ -610,25 +621,30 @@ fn process(
         }
         Decision::Restore { entry, reasons } => {
             result.reasons = reasons;
-            match restore(ctx, stage, &entry) {
-                Ok(()) => {
-                    let passed = entry.gate_passed != Some(false);
-                    result.outcome = if passed {
-                        Outcome::Restored
-                    } else {
-                        Outcome::GateFailed
-                    };
-                    (entry.outputs, passed)
-                }
-                Err(_) => match run(ctx, stage, key, executor, &mut result) {
-                    Some(done) => done,
-                    None => return finish(result, started),
-                },
+            match restore_or_run(ctx, stage, key, entry, executor, &mut result) {
+                Some(done) => done,
+                None => return finish(result, started),
             }
         }
         Decision::Run { reasons } => {
             result.reasons = reasons;
-            match run(ctx, stage, key, executor, &mut result) {
+            let fetched = match (&ctx.remote, spec.volatile) {
+                (Some(remote), false) => remote.fetch_action(&ctx.store, &key, &spec.id),
+                _ => Ok(None),
+            };
+            let done = match fetched {
+                Ok(Some(entry)) => {
+                    result.from_remote = true;
+                    restore_or_run(ctx, stage, key, entry, executor, &mut result)
+                }
+                Err(e) if e.required_failure(ctx) => {
+                    result.error = Some(e.to_string());
+                    result.remote_unavailable = true;
+                    return finish(result, started);
+                }
+                Ok(None) | Err(_) => run(ctx, stage, key, executor, &mut result),
+            };
+            match done {
                 Some(done) => done,
                 None => return finish(result, started),
             }
@@ -671,6 +687,60 @@ fn finish(mut result: StageResult, started: Instant) -> StageResult {
 }
 
 /// Materializes a cached entry's outputs, skipping those already on disk.
+/// Restores a stage from a cache entry, or runs it when the entry turns out to be unusable.
+fn restore_or_run(
+    ctx: &Context,
+    stage: usize,
+    key: Digest,
+    entry: ActionEntry,
+    executor: &dyn Executor,
+    result: &mut StageResult,
+) -> Option<(BTreeMap<String, PathHash>, bool)> {
+    match restore(ctx, stage, &entry) {
+        Ok(()) => {
+            let passed = entry.gate_passed != Some(false);
+            result.outcome = if passed {
+                Outcome::Restored
+            } else {
+                Outcome::GateFailed
+            };
+            if !result.from_remote {
+                upload(ctx, stage, &entry, result)?;
+            }
+            Some((entry.outputs, passed))
+        }
+        Err(_) => {
+            result.from_remote = false;
+            run(ctx, stage, key, executor, result)
+        }
+    }
+}
+
+/// Uploads a built or locally restored stage when this build writes to the remote. `None` (the
+/// stage fails) only when the remote is required and the upload failed.
+fn upload(
+    ctx: &Context,
+    stage: usize,
+    entry: &ActionEntry,
+    result: &mut StageResult,
+) -> Option<()> {
+    let Some(remote) = ctx.remote.as_ref().filter(|r| r.upload) else {
+        return Some(());
+    };
+    if ctx.ws.stages[stage].volatile {
+        return Some(()); // never shared (DECISIONS 8)
+    }
+    match remote.upload_action(&ctx.store, entry) {
+        Err(e) if e.required_failure(ctx) => {
+            result.outcome = Outcome::Failed;
+            result.error = Some(e.to_string());
+            result.remote_unavailable = true;
+            None
+        }
+        _ => Some(()),
+    }
+}
+
 fn restore(
     ctx: &Context,
     stage: usize,
@@ -784,5 +854,6 @@ fn run(
     } else {
         Outcome::GateFailed
     };
+    upload(ctx, stage, &entry, result)?;
     Some((entry.outputs, gate_passed))
 }

@@ -26,6 +26,7 @@ pub mod model;
 pub mod ops;
 pub mod plan;
 pub mod profile;
+pub mod remote;
 pub mod repro;
 pub mod spec;
 pub mod store;

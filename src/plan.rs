@@ -246,6 +246,9 @@ pub struct StagePlan {
     pub reasons: Vec<StaleReason>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub gate_failed: bool,
+    /// Restorable from the remote cache rather than the local one.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_remote: bool,
     /// The outputs on disk of an up-to-date stage.
     #[serde(skip)]
     pub outputs: Option<BTreeMap<String, PathHash>>,
@@ -294,6 +297,7 @@ pub fn plan(ctx: &Context, selected: &[usize]) -> Vec<StagePlan> {
                     key: None,
                     reasons: vec![StaleReason::UpstreamWillRun { stage: upstream }],
                     gate_failed: false,
+                    from_remote: false,
                     outputs: None,
                 });
                 continue;
@@ -305,6 +309,7 @@ pub fn plan(ctx: &Context, selected: &[usize]) -> Vec<StagePlan> {
                     key: None,
                     reasons: vec![StaleReason::InputRemoved { path }],
                     gate_failed: false,
+                    from_remote: false,
                     outputs: None,
                 });
                 continue;
@@ -313,6 +318,7 @@ pub fn plan(ctx: &Context, selected: &[usize]) -> Vec<StagePlan> {
         let ingredients = ctx.ingredients(&ctx.ws.stages[stage], inputs);
         let key = ingredients.key();
         let mut up_to_date = None;
+        let mut from_remote = false;
         let (status, reasons, gate_failed) = match decide(ctx, stage, &ingredients, key) {
             Decision::UpToDate {
                 outputs,
@@ -327,7 +333,17 @@ pub fn plan(ctx: &Context, selected: &[usize]) -> Vec<StagePlan> {
                 known[stage] = Some((entry.outputs, false));
                 (Status::Restore, reasons, failed)
             }
-            Decision::Run { reasons } => (Status::Run, reasons, false),
+            Decision::Run { reasons } => {
+                // The remote is asked only whether it has the entry; `build` fetches it.
+                let spec = &ctx.ws.stages[stage];
+                let remote = ctx.remote.as_ref().filter(|_| !spec.volatile);
+                if remote.is_some_and(|r| r.has_action(&key).unwrap_or(false)) {
+                    from_remote = true;
+                    (Status::Restore, reasons, false)
+                } else {
+                    (Status::Run, reasons, false)
+                }
+            }
         };
         plans.push(StagePlan {
             stage: id,
@@ -335,6 +351,7 @@ pub fn plan(ctx: &Context, selected: &[usize]) -> Vec<StagePlan> {
             key: Some(key),
             reasons,
             gate_failed,
+            from_remote,
             outputs: up_to_date,
         });
     }
@@ -373,6 +390,9 @@ pub fn render(ctx: &Context, plans: &[StagePlan]) -> String {
             let mut status = plan.status.label().to_string();
             if plan.gate_failed {
                 status.push_str(" (gate failed)");
+            }
+            if plan.from_remote {
+                status.push_str(" (remote)");
             }
             let why: Vec<String> = plan.reasons.iter().map(ToString::to_string).collect();
             let line = format!("  {mark} {name:width$}  {status:12}  {}", why.join("; "));

@@ -218,6 +218,7 @@ pub(crate) fn child_build(
         .arg(root)
         .arg("--cache-dir")
         .arg(cache)
+        .arg("--no-remote")
         .args(["build", "--json", "--jobs"])
         .arg(conditions.jobs.to_string())
         .env("RAYON_NUM_THREADS", conditions.threads.to_string())
@@ -812,6 +813,10 @@ fn open_rebuilt(
         &Options {
             dir: Some(root.to_path_buf()),
             cache_dir: Some(cache.to_path_buf()),
+            remote: crate::context::RemoteOverrides {
+                disabled: true,
+                ..Default::default()
+            },
         },
         Access::Read,
     )

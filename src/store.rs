@@ -155,6 +155,36 @@ impl Store {
         Ok(())
     }
 
+    /// Stores bytes that must hash to `hash` (a download, say); refuses them otherwise.
+    pub fn put_bytes(&self, bytes: &[u8], hash: &Digest) -> Result<(), StoreError> {
+        if Digest::of_bytes(bytes) != *hash {
+            return Err(StoreError::Corrupt { hash: hash.hex() });
+        }
+        if self.has_blob(hash) {
+            return Ok(());
+        }
+        let mut tmp = self.temp_file()?;
+        tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
+        let dest = self.blob_path(hash);
+        fs::create_dir_all(dest.parent().expect("blob paths have a parent"))
+            .map_err(io_err(&dest))?;
+        tmp.persist(&dest).map_err(|e| StoreError::Io {
+            path: dest.display().to_string(),
+            source: e.error,
+        })?;
+        Ok(())
+    }
+
+    /// The bytes of a blob, verified; `None` when it is absent or corrupt.
+    pub fn blob_bytes(&self, hash: &Digest) -> Option<Vec<u8>> {
+        read_blob(&self.dir, hash)
+    }
+
+    /// The size of a blob in the store.
+    pub fn blob_size(&self, hash: &Digest) -> Option<u64> {
+        fs::metadata(self.blob_path(hash)).ok().map(|m| m.len())
+    }
+
     /// Writes the blob `hash` to `dest` (atomically), verifying it. A corrupt blob is deleted.
     pub fn materialize_file(
         &self,

@@ -61,8 +61,17 @@ fn a_passing_build_reports_success() {
     let out = ws.run(&["build", "--summary", "summary.md", "--junit", "junit.xml"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let summary = ws.read("summary.md");
-    assert!(summary.starts_with("### edgebuild build: passed\n"), "{summary}");
-    assert!(summary.contains("| p:gate | accuracy | 0.91 | ≥ 0.9 | pass |"), "{summary}");
+    assert!(
+        summary.starts_with("### edgebuild build: passed\n"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("| p:gate | accuracy | 0.91 | ≥ 0.9 | pass |"),
+        "{summary}"
+    );
     let xml = ws.read("junit.xml");
-    assert!(xml.contains(r#"tests="5" skipped="0" failures="0" errors="0""#), "{xml}");
+    assert!(
+        xml.contains(r#"tests="5" skipped="0" failures="0" errors="0""#),
+        "{xml}"
+    );
 }

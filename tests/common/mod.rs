@@ -198,3 +198,177 @@ pub fn stderr(out: &Output) -> String {
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Every file under `dir` with its content.
+pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            (
+                e.path().strip_prefix(dir).unwrap().display().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A real HTTP cache server for the tests: nginx with WebDAV PUT on a loopback port, with its
+/// files under a temporary prefix. Stopped (and its files removed) when dropped.
+pub struct Nginx {
+    pub port: u16,
+    prefix: tempfile::TempDir,
+    child: Option<std::process::Child>,
+    body_limit: &'static str,
+}
+
+impl Nginx {
+    pub fn start() -> Nginx {
+        Nginx::start_with_body_limit("0")
+    }
+
+    /// A server that refuses request bodies larger than `limit` (nginx syntax, `0`: none).
+    pub fn start_with_body_limit(limit: &'static str) -> Nginx {
+        let prefix = tempfile::tempdir().expect("nginx prefix");
+        for dir in ["logs", "tmp", "data/cache"] {
+            std::fs::create_dir_all(prefix.path().join(dir)).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut nginx = Nginx {
+            port,
+            prefix,
+            child: None,
+            body_limit: limit,
+        };
+        nginx.spawn();
+        nginx
+    }
+
+    /// The remote URL of the cache directory.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/cache/", self.port)
+    }
+
+    /// Where the server keeps the cache's files.
+    pub fn data(&self) -> PathBuf {
+        self.prefix.path().join("data/cache")
+    }
+
+    fn spawn(&mut self) {
+        // Workers run as root only when the tests do (as in CI containers).
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root;"
+        } else {
+            ""
+        };
+        let conf = format!(
+            r#"{user}
+worker_processes 1;
+pid logs/nginx.pid;
+error_log logs/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log logs/access.log;
+    client_body_temp_path tmp/body;
+    proxy_temp_path tmp/proxy;
+    fastcgi_temp_path tmp/fastcgi;
+    uwsgi_temp_path tmp/uwsgi;
+    scgi_temp_path tmp/scgi;
+    types {{ }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root data;
+        location /cache/ {{
+            dav_methods PUT DELETE MKCOL;
+            create_full_put_path on;
+            dav_access user:rw group:r all:r;
+            client_max_body_size {limit};
+        }}
+    }}
+}}
+"#,
+            port = self.port,
+            limit = self.body_limit
+        );
+        let conf_path = self.prefix.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let nginx = ["/usr/sbin/nginx", "nginx"]
+            .into_iter()
+            .find(|p| std::process::Command::new(p).arg("-v").output().is_ok())
+            .expect("nginx is installed (.ci/run installs it from Debian's packages)");
+        let child = std::process::Command::new(nginx)
+            .arg("-p")
+            .arg(self.prefix.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-e", "logs/error.log", "-g", "daemon off;"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nginx did not start: {}",
+                std::fs::read_to_string(self.prefix.path().join("logs/error.log"))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The process id of the server's master process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("nginx is running").id()
+    }
+
+    /// Stops the server (the port then refuses connections).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM: the master stops its workers too (SIGKILL would orphan them, still
+            // listening). A positive pid: never a process group.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+            // The master's worker exits with it; make sure nothing answers any more.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Every file the server stores, relative to the cache directory.
+    pub fn files(&self) -> Vec<String> {
+        let mut files: Vec<String> = walkdir::WalkDir::new(self.data())
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                e.path()
+                    .strip_prefix(self.data())
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        files.sort();
+        files
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

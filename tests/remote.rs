@@ -1,0 +1,388 @@
+//! The shared remote cache against a real HTTP server (nginx with WebDAV PUT on loopback): a
+//! fresh clone restored entirely from the remote, poisoned entries rejected, an outage that
+//! costs a warning, `--remote-required`, uploads that never leave an entry without its blobs,
+//! `cache status|push|pull`, and credentials that never show.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Nginx, Workspace, digits, stderr};
+use serde_json::Value;
+
+const CHAIN: &str = r#"
+version: 1
+stages:
+  a:
+    cmd: "mkdir -p out && tr a-z A-Z < data/in.txt > out/a.txt"
+    inputs: [data/in.txt]
+    outputs: [out/a.txt]
+  b:
+    cmd: "rev out/a.txt > out/b.txt"
+    inputs: [out/a.txt]
+    outputs: [out/b.txt]
+  c:
+    cmd: "cat out/a.txt out/b.txt > out/c.txt"
+    inputs: [out/a.txt, out/b.txt]
+    outputs: [out/c.txt]
+"#;
+
+fn chain() -> Workspace {
+    let ws = Workspace::new();
+    ws.write("data/in.txt", "hello remote cache\n")
+        .pipeline("p", CHAIN);
+    ws
+}
+
+/// `build --json` with extra arguments; returns (exit code, report, stderr).
+fn build(ws: &Workspace, args: &[&str]) -> (i32, Value, String) {
+    let mut all = vec!["build", "--json"];
+    all.extend_from_slice(args);
+    let out = ws.run(&all);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), report, stderr(&out))
+}
+
+fn outcomes(report: &Value) -> Vec<(String, String, bool)> {
+    report["stages"]
+        .as_array()
+        .map(|stages| {
+            stages
+                .iter()
+                .map(|s| {
+                    (
+                        s["stage"].as_str().unwrap().to_string(),
+                        s["outcome"].as_str().unwrap().to_string(),
+                        s["from_remote"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every action entry on the server names only blobs that are on the server too.
+fn assert_no_entry_without_blobs(server: &Nginx) {
+    let files: BTreeSet<String> = server.files().into_iter().collect();
+    for file in files.iter().filter(|f| f.starts_with("ac/")) {
+        let entry: Value =
+            serde_json::from_slice(&std::fs::read(server.data().join(file)).unwrap()).unwrap();
+        for output in entry["outputs"].as_object().unwrap().values() {
+            let hashes: Vec<String> = match output["tree"].as_array() {
+                Some(tree) => tree
+                    .iter()
+                    .filter(|e| e["dir"] != true && e["link"].is_null())
+                    .map(|e| e["hash"].as_str().unwrap().to_string())
+                    .collect(),
+                None => vec![output["hash"].as_str().unwrap().to_string()],
+            };
+            for hash in hashes {
+                let blob = format!("cas/{}/{hash}", &hash[..2]);
+                assert!(files.contains(&blob), "{file} names {blob}, absent");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_fresh_clone_builds_digits_from_the_remote_without_running_a_stage() {
+    let server = Nginx::start();
+    let writer = digits();
+    let (code, report, err) = build(&writer, &["--remote", &server.url(), "--remote-upload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(outcomes(&report).iter().all(|(_, o, _)| o == "ran"));
+    assert!(
+        err.contains("8 entries uploaded") || err.contains("entries uploaded"),
+        "{err}"
+    );
+    assert_no_entry_without_blobs(&server);
+
+    // A second workspace with an empty local cache: everything comes from the remote, except
+    // the volatile measurement, which is never shared.
+    let reader = digits();
+    let plan = reader.run(&["plan", "--remote", &server.url()]);
+    let plan_text = common::stdout(&plan);
+    assert!(
+        plan_text.contains("imatrix   restore (remote)"),
+        "{plan_text}"
+    );
+    let (code, report, err) = build(&reader, &["--remote", &server.url()]);
+    assert_eq!(code, 0, "{err}");
+    for (stage, outcome, from_remote) in outcomes(&report) {
+        if stage == "digits:measure" {
+            assert_eq!(outcome, "ran");
+        } else {
+            assert_eq!(
+                (outcome.as_str(), from_remote),
+                ("restored", true),
+                "{stage}"
+            );
+        }
+    }
+    for file in [
+        "out/digits/model.gguf",
+        "out/digits/package/digits_model.h",
+        "out/digits/firmware/model.o",
+    ] {
+        assert_eq!(
+            std::fs::read(reader.file(file)).unwrap(),
+            std::fs::read(writer.file(file)).unwrap(),
+            "{file}"
+        );
+    }
+    // Nothing volatile went to the server: the latency file's hash is not there.
+    let lock: Value = serde_json::from_str(&writer.read("pipelines/digits.lock")).unwrap();
+    let latency = lock["stages"]["measure"]["outputs"]["out/digits/latency.json"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!server.files().iter().any(|f| f.ends_with(&latency)));
+}
+
+#[test]
+fn a_corrupted_blob_or_a_forged_entry_is_rejected_and_the_stage_runs() {
+    let server = Nginx::start();
+    let writer = chain();
+    let (code, _, err) = build(&writer, &["--remote", &server.url(), "--remote-upload"]);
+    assert_eq!(code, 0, "{err}");
+    let lock: Value = serde_json::from_str(&writer.read("pipelines/p.lock")).unwrap();
+    let hash_of = |stage: &str, path: &str| {
+        lock["stages"][stage]["outputs"][path]["hash"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Flip the content of a's output on the server.
+    let a = hash_of("a", "out/a.txt");
+    std::fs::write(
+        server.data().join(format!("cas/{}/{a}", &a[..2])),
+        "POISON\n",
+    )
+    .unwrap();
+    // Make b's entry claim another key.
+    let b_key = lock["stages"]["b"]["key"].as_str().unwrap().to_string();
+    let b_entry = server
+        .data()
+        .join(format!("ac/{}/{b_key}.json", &b_key[..2]));
+    let forged = std::fs::read_to_string(&b_entry)
+        .unwrap()
+        .replace(&b_key, &"0".repeat(64));
+    std::fs::write(&b_entry, forged).unwrap();
+
+    let reader = chain();
+    let (code, report, err) = build(&reader, &["--remote", &server.url()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("rejected the remote cache entry for p:a (blob")
+            && err.contains("does not match its hash"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rejected the remote cache entry for p:b (the entry names key"),
+        "{err}"
+    );
+    let outcomes = outcomes(&report);
+    assert_eq!(outcomes[0], ("p:a".into(), "ran".into(), false));
+    assert_eq!(outcomes[1], ("p:b".into(), "ran".into(), false));
+    assert_eq!(outcomes[2], ("p:c".into(), "restored".into(), true));
+    assert_eq!(reader.read("out/a.txt"), "HELLO REMOTE CACHE\n");
+    assert_eq!(reader.read("out/c.txt"), writer.read("out/c.txt"));
+    // The poison never reached the local cache.
+    assert!(
+        !common::files_under(&reader.file("cache"))
+            .iter()
+            .any(|(_, bytes)| bytes == b"POISON\n")
+    );
+}
+
+#[test]
+fn a_server_stopped_mid_build_costs_a_warning_not_the_build() {
+    let mut server = Nginx::start();
+    let writer = chain();
+    let (code, _, err) = build(
+        &writer,
+        &["--remote", &server.url(), "--remote-upload", "p:a"],
+    );
+    assert_eq!(code, 0, "{err}");
+    // In the reader, b stops the server while the build runs.
+    let reader = Workspace::new();
+    reader
+        .write("data/in.txt", "hello remote cache\n")
+        .pipeline(
+            "p",
+            &CHAIN.replace(
+                "rev out/a.txt > out/b.txt",
+                &format!(
+                    "kill -TERM {} && sleep 0.5 && rev out/a.txt > out/b.txt",
+                    server.pid()
+                ),
+            ),
+        );
+    let (code, report, err) = build(&reader, &["--remote", &server.url(), "-j", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: remote cache"), "{err}");
+    assert!(err.contains("building locally without it"), "{err}");
+    let outcomes = outcomes(&report);
+    assert_eq!(outcomes[0], ("p:a".into(), "restored".into(), true));
+    assert_eq!(outcomes[2], ("p:c".into(), "ran".into(), false));
+    assert_eq!(
+        reader.read("out/c.txt"),
+        "HELLO REMOTE CACHE\nEHCAC ETOMER OLLEH\n"
+    );
+    server.stop();
+
+    // --remote-required fails clearly instead, before anything runs.
+    let fresh = chain();
+    let out = fresh.run(&["build", "--remote", &server.url(), "--remote-required"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("remote cache {} is unavailable", server.url())),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!fresh.exists("out"));
+    // Without it, the same outage is a warning.
+    let out = fresh.run(&["build", "--remote", &server.url()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: remote cache"));
+}
+
+#[test]
+fn an_interrupted_upload_leaves_no_entry_without_its_blobs() {
+    // The server refuses bodies over 20 kB: the GGUF's upload fails half-way through an entry.
+    let server = Nginx::start_with_body_limit("20k");
+    let writer = digits();
+    let (code, report, err) = build(&writer, &["--remote", &server.url(), "--remote-upload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        outcomes(&report).iter().all(|(_, o, _)| o == "ran"),
+        "{err}"
+    );
+    assert!(err.contains("warning: remote cache"), "{err}");
+    assert_no_entry_without_blobs(&server);
+    let lock: Value = serde_json::from_str(&writer.read("pipelines/digits.lock")).unwrap();
+    let key = lock["stages"]["quantize"]["key"].as_str().unwrap();
+    assert!(!server.files().iter().any(|f| f.contains(key)));
+}
+
+#[test]
+fn cache_status_push_and_pull() {
+    let server = Nginx::start();
+    let writer = chain();
+    writer.write(
+        "edgebuild.yaml",
+        &format!("remote:\n  url: {}\n  timeout: 5\n", server.url()),
+    );
+    let (code, _, err) = build(&writer, &[]);
+    assert_eq!(code, 0, "{err}");
+    let status = |ws: &Workspace| -> Vec<(String, bool, bool)> {
+        let out = ws.run(&["cache", "status", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["stage"].as_str().unwrap().to_string(),
+                    s["local"].as_bool().unwrap(),
+                    s["remote"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // Read-only by default: nothing was uploaded.
+    assert!(
+        status(&writer)
+            .iter()
+            .all(|(_, local, remote)| *local && !remote)
+    );
+    assert!(server.files().is_empty());
+    let out = writer.run(&["cache", "push"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("pushed 3"), "{}", stderr(&out));
+    assert!(
+        status(&writer)
+            .iter()
+            .all(|(_, local, remote)| *local && *remote)
+    );
+    assert_no_entry_without_blobs(&server);
+
+    // A clone with the lock but no local cache pulls, then builds without the remote.
+    let reader = chain();
+    reader.write("edgebuild.yaml", &writer.read("edgebuild.yaml"));
+    reader.write("pipelines/p.lock", &writer.read("pipelines/p.lock"));
+    assert!(
+        status(&reader)
+            .iter()
+            .all(|(_, local, remote)| !local && *remote)
+    );
+    let out = reader.run(&["cache", "pull"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("pulled 3"), "{}", stderr(&out));
+    let (code, report, err) = build(&reader, &["--no-remote"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        outcomes(&report)
+            .iter()
+            .all(|(_, o, remote)| o == "restored" && !remote),
+        "{report}"
+    );
+
+    let plain = chain();
+    let out = plain.run(&["cache", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no remote cache is configured"));
+}
+
+#[test]
+fn credentials_never_show() {
+    let mut server = Nginx::start();
+    server.stop();
+    let ws = chain();
+    let url = format!("http://alice:hunter2@127.0.0.1:{}/cache/", server.port);
+    let out = ws
+        .command()
+        .env("EDGEBUILD_REMOTE_TOKEN", "s3cr3t-t0ken")
+        .args(["build", "--remote", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let shown = format!("{}{}", stderr(&out), common::stdout(&out));
+    assert!(
+        shown.contains("warning: remote cache http://127.0.0.1:"),
+        "{shown}"
+    );
+    for secret in ["hunter2", "alice", "s3cr3t-t0ken"] {
+        assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        assert!(!ws.read("pipelines/p.lock").contains(secret));
+    }
+}
+
+#[test]
+fn bad_remote_configuration_is_bad_input() {
+    let ws = chain();
+    for (config, needle) in [
+        (
+            "remote:\n  url: ftp://example.com/x\n",
+            "unsupported scheme `ftp`",
+        ),
+        ("remote:\n  ulr: http://x/\n", "cannot read edgebuild.yaml"),
+        ("remote:\n  url: \"http://[::1\"\n", "bad remote cache URL"),
+    ] {
+        ws.write("edgebuild.yaml", config);
+        let out = ws.run(&["build"]);
+        assert_eq!(out.status.code(), Some(2), "{config}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{config}: {}", stderr(&out));
+        assert!(!ws.exists("out"));
+    }
+    std::fs::remove_file(ws.file("edgebuild.yaml")).unwrap();
+    let out = ws.run(&["build", "--remote-required"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no remote is configured"),
+        "{}",
+        stderr(&out)
+    );
+}
