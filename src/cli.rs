@@ -141,6 +141,16 @@ pub enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// Put large files (model weights, data sets) under version control without git holding
+    /// them: store each in the cache (and the remote, with --remote-upload) and write a small
+    /// committed pointer file PATH.pointer.
+    Add {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Bring back the files that pointer files name, verified by hash: from the local cache,
+    /// else the remote.
+    Pull,
     /// Remove cache entries that no lock file in `pipelines/` refers to.
     Gc {
         /// Collect a cache outside the workspace too (it may hold other workspaces' entries).
@@ -528,6 +538,50 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::Ok)
                 }
             }
+        }
+        Command::Add { paths } => {
+            let (root, store, remote, _lock) = crate::context::open_caches(&options)?;
+            let start = start_dir(&cli.dir)?;
+            for path in paths {
+                let full = start.join(&path);
+                let rel = full
+                    .strip_prefix(&root)
+                    .ok()
+                    .and_then(|r| crate::spec::normalize_path(&root, &r.to_string_lossy()).ok())
+                    .ok_or_else(|| {
+                        Error::usage(
+                            format!("{} is not a file inside the workspace", path.display()),
+                            None,
+                        )
+                    })?;
+                let pointer = crate::pointer::add(&root, &rel, &store, remote.as_ref())?;
+                eprintln!(
+                    "added {rel}: {} bytes, sha256 {}; commit {rel}{} (the file itself is now in .gitignore){}",
+                    pointer.size,
+                    pointer.sha256.short(),
+                    crate::pointer::SUFFIX,
+                    match &remote {
+                        Some(r) if r.upload => format!(", uploaded to {}", r.url()),
+                        _ => String::new(),
+                    }
+                );
+            }
+            Ok(ExitCode::Ok)
+        }
+        Command::Pull => {
+            let (root, store, remote, _lock) = crate::context::open_caches(&options)?;
+            let mut counts = std::collections::BTreeMap::new();
+            for pointer in crate::pointer::find(&root) {
+                let source = crate::pointer::pull_one(&pointer, Some(&store), remote.as_ref())?;
+                *counts.entry(format!("{source:?}")).or_insert(0) += 1;
+            }
+            eprintln!(
+                "pull: {} already in place, {} from the local cache, {} from the remote",
+                counts.get("InPlace").unwrap_or(&0),
+                counts.get("LocalCache").unwrap_or(&0),
+                counts.get("Remote").unwrap_or(&0)
+            );
+            Ok(ExitCode::Ok)
         }
         Command::Gc { force } => {
             let ctx = Context::open(&options, Access::Write)?;

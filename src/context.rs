@@ -119,6 +119,28 @@ pub struct Context {
     _workspace_lock: File,
 }
 
+/// The workspace root, its local cache and its remote, without loading the pipelines: for
+/// commands that must work while an input is missing (`pull`, `add`).
+pub fn open_caches(options: &Options) -> Result<(PathBuf, Store, Option<Remote>, File)> {
+    let start = match &options.dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_dir().map_err(|e| Error::io(".", e))?,
+    };
+    let root = Workspace::find_root(&start)?;
+    let workspace_lock = lock_workspace(&root, Access::Write)?;
+    let cache_dir = match &options.cache_dir {
+        Some(dir) if dir.is_absolute() => dir.clone(),
+        Some(dir) => start.join(dir),
+        None => root.join("cache"),
+    };
+    let store = Store::open(&cache_dir)?;
+    let remote = Remote::open(&remote_settings(&root, &options.remote)?)?;
+    if let Some(remote) = remote.as_ref().filter(|r| r.required) {
+        remote.probe()?;
+    }
+    Ok((root, store, remote, workspace_lock))
+}
+
 impl Context {
     pub fn open(options: &Options, access: Access) -> Result<Context> {
         let start = match &options.dir {

@@ -25,6 +25,7 @@ pub mod lock;
 pub mod model;
 pub mod ops;
 pub mod plan;
+pub mod pointer;
 pub mod profile;
 pub mod remote;
 pub mod repro;

@@ -404,23 +404,45 @@ impl Remote {
         Ok(Some(entry))
     }
 
+    /// Uploads one blob of the local store unless the remote has it.
+    pub fn upload_blob(&self, store: &Store, blob: &Digest) -> Result<(), RemoteError> {
+        let key = blob_key(&self.prefix, blob);
+        if self.exists(&key)? {
+            return Ok(());
+        }
+        let Some(bytes) = store.blob_bytes(blob) else {
+            return Err(self.failed(
+                "upload",
+                format!("blob {} is missing from the local cache", blob.short()),
+            ));
+        };
+        self.put(&key, bytes)?;
+        self.count(|s| s.uploaded_blobs += 1);
+        Ok(())
+    }
+
+    /// Downloads one blob, verified; `None` when it is absent or does not match its hash.
+    pub fn fetch_blob(&self, blob: &Digest) -> Result<Option<Vec<u8>>, RemoteError> {
+        let Some(bytes) = self.get(&blob_key(&self.prefix, blob))? else {
+            return Ok(None);
+        };
+        if Digest::of_bytes(&bytes) != *blob {
+            eprintln!(
+                "warning: rejected blob {} from the remote: it does not match its hash",
+                blob.short()
+            );
+            self.count(|s| s.rejected += 1);
+            return Ok(None);
+        }
+        Ok(Some(bytes))
+    }
+
     /// Uploads an entry's blobs (those the remote lacks), then the entry itself, so a reader
     /// never finds an entry whose blobs are missing. Uploading the same entry twice, or from two
     /// machines at once, writes the same bytes.
     pub fn upload_action(&self, store: &Store, entry: &ActionEntry) -> Result<(), RemoteError> {
         for blob in entry.blobs() {
-            let key = blob_key(&self.prefix, &blob);
-            if self.exists(&key)? {
-                continue;
-            }
-            let Some(bytes) = store.blob_bytes(&blob) else {
-                return Err(self.failed(
-                    "upload",
-                    format!("blob {} is missing from the local cache", blob.short()),
-                ));
-            };
-            self.put(&key, bytes)?;
-            self.count(|s| s.uploaded_blobs += 1);
+            self.upload_blob(store, &blob)?;
         }
         let bytes = serde_json::to_vec_pretty(entry).expect("action entries serialize");
         self.put(&action_key(&self.prefix, &entry.key), bytes)?;

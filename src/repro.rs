@@ -702,6 +702,9 @@ pub struct Verification {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
     pub pipelines: Vec<String>,
+    /// Versioned inputs outside git (pointer files) brought into the copy, and from where.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pulled: Vec<(String, crate::pointer::Source)>,
     /// Differences between the toolchain that wrote the reference and this one.
     pub drift: Vec<String>,
     /// The conditions of each build.
@@ -838,6 +841,21 @@ fn rebuilt_locks(ctx: &Context) -> LockedStages {
     stages_of(&locks)
 }
 
+/// Brings the pointed files of a workspace copy into place: from the user's working tree, else
+/// the user's remote (the one remote read a verification makes, DECISIONS 18).
+fn fill_pointers(
+    copy: &Path,
+    root: &Path,
+) -> Result<Vec<(String, crate::pointer::Source)>, VerifyError> {
+    let workspace = |e: crate::error::Error| VerifyError::Workspace(Box::new(e));
+    if crate::pointer::find(copy).is_empty() {
+        return Ok(Vec::new());
+    }
+    let settings = crate::context::remote_settings(root, &Default::default()).map_err(workspace)?;
+    let remote = crate::remote::Remote::open(&settings).map_err(|e| workspace(e.into()))?;
+    crate::pointer::fill_copy(copy, root, remote.as_ref()).map_err(workspace)
+}
+
 /// Stages a child build did not run because something before them failed or was blocked.
 fn blocked_stages(build: &ChildBuild) -> BTreeSet<String> {
     build
@@ -885,6 +903,7 @@ fn verify_commit_in(
         });
     }
     let pipelines = choose_pipelines(&ws_root, requested, what)?;
+    let pulled = fill_pointers(&ws_root, root)?;
     // The named pipelines must have a lock; others may hold stages they need.
     read_locks(&ws_root, &pipelines, what)?;
     let all = pipeline_names(&ws_root)?;
@@ -951,6 +970,7 @@ fn verify_commit_in(
         mode: "commit",
         commit: Some(commit.to_string()),
         pipelines,
+        pulled,
         drift: drift.into_iter().collect(),
         builds: vec![BuildSummary {
             conditions,
@@ -1053,6 +1073,7 @@ fn verify_variations_in(
 ) -> Result<Verification, VerifyError> {
     let mut builds = Vec::new();
     let mut opened = Vec::new();
+    let mut pulled = Vec::new();
     for (n, conditions) in [Conditions::reference(), Conditions::varied()]
         .into_iter()
         .enumerate()
@@ -1060,6 +1081,7 @@ fn verify_variations_in(
         let ws_root = scratch.path().join(conditions.dir);
         std::fs::create_dir_all(&ws_root).map_err(io_err(&ws_root))?;
         copy_workspace(root, &ws_root)?;
+        pulled = fill_pointers(&ws_root, root)?;
         remove_locks(&ws_root)?;
         let cache = scratch.path().join(format!("cache-{n}"));
         let build = child_build(&ws_root, &cache, &pipelines, &conditions)?;
@@ -1091,6 +1113,7 @@ fn verify_variations_in(
         mode: "vary",
         commit: None,
         pipelines,
+        pulled,
         drift: Vec::new(),
         builds,
         reproducible: comparison.reproducible(),

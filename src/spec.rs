@@ -538,8 +538,16 @@ impl Workspace {
                             ),
                             "missing input",
                             Some(
-                                "create the file, fix the path, or add the stage that produces it"
-                                    .into(),
+                                if self
+                                    .root
+                                    .join(format!("{}{}", port.path, crate::pointer::SUFFIX))
+                                    .is_file()
+                                {
+                                    format!("it is a versioned input outside git ({}{}): run `edgebuild pull`", port.path, crate::pointer::SUFFIX)
+                                } else {
+                                    "create the file, fix the path, or add the stage that produces it"
+                                        .into()
+                                },
                             ),
                         ),
                     );

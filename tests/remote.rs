@@ -386,3 +386,123 @@ fn bad_remote_configuration_is_bad_input() {
         stderr(&out)
     );
 }
+
+const USES_WEIGHTS: &str = r#"
+version: 1
+stages:
+  size:
+    cmd: "mkdir -p out && wc -c < ${inputs.weights} > ${outputs.size}"
+    inputs: {weights: models/weights.bin}
+    outputs: {size: out/size.txt}
+"#;
+
+#[test]
+fn versioned_inputs_outside_git_are_added_and_pulled() {
+    let server = Nginx::start();
+    let writer = Workspace::new();
+    writer.git_init();
+    writer.pipeline("p", USES_WEIGHTS);
+    writer.write("models/weights.bin", &"w".repeat(5000));
+    writer.write(
+        "edgebuild.yaml",
+        &format!("remote:\n  url: {}\n  timeout: 5\n", server.url()),
+    );
+    let out = writer.run(&["add", "models/weights.bin", "--remote-upload"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let pointer: Value = serde_json::from_str(&writer.read("models/weights.bin.pointer")).unwrap();
+    assert_eq!(pointer["size"], 5000);
+    assert_eq!(pointer["file"], "weights.bin");
+    assert!(writer.read(".gitignore").contains("/models/weights.bin\n"));
+    let hash = pointer["sha256"].as_str().unwrap();
+    assert!(
+        server
+            .files()
+            .contains(&format!("cas/{}/{hash}", &hash[..2]))
+    );
+    // Adding again changes nothing.
+    let gitignore = writer.read(".gitignore");
+    assert_eq!(
+        writer.run(&["add", "models/weights.bin"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(writer.read(".gitignore"), gitignore);
+    assert_eq!(build(&writer, &[]).0, 0);
+    writer.commit("weights by pointer");
+    assert_eq!(
+        writer.git(&["ls-files", "models"]),
+        "models/weights.bin.pointer",
+        "git holds the pointer, not the weights"
+    );
+
+    // A fresh clone: the weights are missing until pulled, and `plan` says so.
+    let reader = Workspace::new();
+    for file in [
+        "pipelines/p.yaml",
+        "models/weights.bin.pointer",
+        "edgebuild.yaml",
+    ] {
+        reader.write(file, &writer.read(file));
+    }
+    let out = reader.run(&["plan"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("run `edgebuild pull`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = reader.run(&["pull"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 from the remote"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(reader.read("models/weights.bin"), "w".repeat(5000));
+    // Deleted again: the local cache has it now.
+    std::fs::remove_file(reader.file("models/weights.bin")).unwrap();
+    let out = reader.run(&["pull", "--no-remote"]);
+    assert!(
+        stderr(&out).contains("1 from the local cache"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(build(&reader, &[]).0, 0);
+    assert_eq!(reader.read("out/size.txt").trim(), "5000");
+
+    // verify-reproducible brings the weights in: from the working tree, else the remote.
+    let out = writer.run(&["verify-reproducible", "--json", "HEAD"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pulled"][0][1], "working-tree");
+    std::fs::remove_file(writer.file("models/weights.bin")).unwrap();
+    let out = writer.run(&["verify-reproducible", "--json", "HEAD"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["pulled"][0],
+        serde_json::json!(["models/weights.bin", "remote"])
+    );
+
+    // A corrupted blob on the server is refused, and nothing is written.
+    std::fs::write(
+        server.data().join(format!("cas/{}/{hash}", &hash[..2])),
+        "bad",
+    )
+    .unwrap();
+    let other = Workspace::new();
+    for file in [
+        "pipelines/p.yaml",
+        "models/weights.bin.pointer",
+        "edgebuild.yaml",
+    ] {
+        other.write(file, &writer.read(file));
+    }
+    let out = other.run(&["pull"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not match its hash"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!other.exists("models/weights.bin"));
+}

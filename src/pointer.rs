@@ -1,0 +1,199 @@
+//! Large versioned inputs outside git (DECISIONS 18): `edgebuild add PATH` stores a file in the
+//! cache (and the remote, when uploading) and writes a small pointer file `PATH.pointer` that is
+//! committed instead; `edgebuild pull` brings the pointed files back, verified by hash.
+//!
+//! The seed's weights "stored as artifacts rather than passed around in chat": the pointer pins
+//! the exact bytes, so a commit names its weights as precisely as its code.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hash::{Digest, hash_file};
+use crate::remote::Remote;
+use crate::store::Store;
+
+/// The suffix of pointer files.
+pub const SUFFIX: &str = ".pointer";
+
+/// A pointer file's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pointer {
+    pub pointer_version: u32,
+    /// The file's name, beside the pointer.
+    pub file: String,
+    pub sha256: Digest,
+    pub size: u64,
+}
+
+impl Pointer {
+    pub fn read(path: &Path) -> Result<Pointer> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::usage(
+                format!("{} is not a pointer file: {e}", path.display()),
+                Some("restore it from git, or `edgebuild add` the file again".into()),
+            )
+        })
+    }
+}
+
+/// The pointer file of `path`.
+pub fn pointer_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(SUFFIX);
+    PathBuf::from(name)
+}
+
+/// `edgebuild add PATH`: stores the file, writes its pointer and keeps the file out of git.
+/// Returns the pointer.
+pub fn add(root: &Path, rel: &str, store: &Store, remote: Option<&Remote>) -> Result<Pointer> {
+    let full = root.join(rel);
+    let meta = std::fs::metadata(&full).map_err(|e| Error::io(&full, e))?;
+    if !meta.is_file() {
+        return Err(Error::usage(
+            format!("{rel} is not a file"),
+            Some(
+                "add files one by one; a directory of weights is a tar or safetensors file".into(),
+            ),
+        ));
+    }
+    let (hash, size) = hash_file(&full).map_err(|e| Error::io(&full, e))?;
+    store.put_file(&full, &hash)?;
+    if let Some(remote) = remote.filter(|r| r.upload) {
+        remote.upload_blob(store, &hash)?;
+    }
+    let pointer = Pointer {
+        pointer_version: 1,
+        file: Path::new(rel)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sha256: hash,
+        size,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&pointer).expect("pointers serialize");
+    bytes.push(b'\n');
+    crate::store::write_atomic(&pointer_path(&full), &bytes)
+        .map_err(|e| Error::io(pointer_path(&full), e))?;
+    ignore_in_git(root, rel)?;
+    Ok(pointer)
+}
+
+/// Appends `/REL` to the workspace's `.gitignore` unless a line says so already.
+fn ignore_in_git(root: &Path, rel: &str) -> Result<()> {
+    let path = root.join(".gitignore");
+    let line = format!("/{rel}");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    if old.lines().any(|l| l.trim() == line) {
+        return Ok(());
+    }
+    let mut new = old;
+    if !new.is_empty() && !new.ends_with('\n') {
+        new.push('\n');
+    }
+    new.push_str(&line);
+    new.push('\n');
+    crate::store::write_atomic(&path, new.as_bytes()).map_err(|e| Error::io(&path, e))
+}
+
+/// Every pointer file under `root`, outside edgebuild's and git's directories, sorted.
+pub fn find(root: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_entry(|e| {
+            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+            !crate::spec::RESERVED
+                .iter()
+                .any(|r| rel == Path::new(r) && *r != crate::spec::PIPELINES_DIR)
+        })
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(SUFFIX))
+        .map(|e| e.into_path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// Where a pulled file came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// The file was already there with the right content.
+    InPlace,
+    /// Copied from the user's working tree, where it had the right content.
+    WorkingTree,
+    LocalCache,
+    Remote,
+}
+
+/// Brings the file of one pointer into place, verified: from the local cache, else the remote.
+pub fn pull_one(
+    pointer_file: &Path,
+    store: Option<&Store>,
+    remote: Option<&Remote>,
+) -> Result<Source> {
+    let pointer = Pointer::read(pointer_file)?;
+    let dest = pointer_file.with_file_name(&pointer.file);
+    if hash_file(&dest).is_ok_and(|(hash, _)| hash == pointer.sha256) {
+        return Ok(Source::InPlace);
+    }
+    if let Some(store) = store
+        && store.has_blob(&pointer.sha256)
+        && store
+            .materialize_file(&pointer.sha256, &dest, false)
+            .is_ok()
+    {
+        return Ok(Source::LocalCache);
+    }
+    let fetched = match remote {
+        Some(remote) => remote.fetch_blob(&pointer.sha256)?,
+        None => None,
+    };
+    let Some(bytes) = fetched else {
+        return Err(Error::usage(
+            format!(
+                "{} (sha256 {}) is in neither the local cache nor the remote",
+                dest.display(),
+                pointer.sha256.short()
+            ),
+            Some("ask whoever added it to `edgebuild add` it with --remote-upload, or configure the remote it was uploaded to".into()),
+        ));
+    };
+    crate::store::write_atomic(&dest, &bytes).map_err(|e| Error::io(&dest, e))?;
+    if let Some(store) = store {
+        let _ = store.put_bytes(&bytes, &pointer.sha256);
+    }
+    Ok(Source::Remote)
+}
+
+/// Brings every pointed file of the workspace copy at `copy` into place without the user's
+/// cache (DECISIONS 10 and 18): from the user's working tree at `working` when the file there
+/// has the pointed hash, else from the remote. Returns each file with where it came from.
+pub fn fill_copy(
+    copy: &Path,
+    working: &Path,
+    remote: Option<&Remote>,
+) -> Result<Vec<(String, Source)>> {
+    let mut filled = Vec::new();
+    for pointer_file in find(copy) {
+        let pointer = Pointer::read(&pointer_file)?;
+        let rel = pointer_file
+            .strip_prefix(copy)
+            .unwrap_or(&pointer_file)
+            .with_file_name(&pointer.file);
+        let dest = copy.join(&rel);
+        let theirs = working.join(&rel);
+        let source = if hash_file(&theirs).is_ok_and(|(hash, _)| hash == pointer.sha256) {
+            let bytes = std::fs::read(&theirs).map_err(|e| Error::io(&theirs, e))?;
+            crate::store::write_atomic(&dest, &bytes).map_err(|e| Error::io(&dest, e))?;
+            Source::WorkingTree
+        } else {
+            pull_one(&pointer_file, None, remote)?
+        };
+        filled.push((rel.to_string_lossy().into_owned(), source));
+    }
+    Ok(filled)
+}
