@@ -41,7 +41,7 @@ pub enum RemoteError {
     )]
     Unavailable { url: String, message: String },
 
-    #[error("bad remote cache URL `{url}`: {message}")]
+    #[error("cannot use the remote cache `{url}`: {message}")]
     #[diagnostic(
         code(edgebuild::remote::bad_url),
         help(
@@ -217,27 +217,67 @@ impl Remote {
                     .map_err(|e| bad(e.to_string()))?;
                 (Arc::new(store), ObjectPath::default())
             }
-            "s3" | "gs" | "az" | "abfs" | "azure" => {
-                // Credentials come from the usual variables (AWS_*, GOOGLE_*, AZURE_*).
-                let options: Vec<(String, String)> = std::env::vars()
-                    .filter(|(k, _)| {
-                        k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
-                    })
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                    .collect();
+            "s3" | "gs" | "az" => {
+                // Credentials come from the usual variables (AWS_*, GOOGLE_*, AZURE_*), read by
+                // each builder's `from_env`; the timeouts and retries are set key by key so that
+                // they do not replace what the environment configured.
+                use object_store::ClientConfigKey::{ConnectTimeout, Timeout};
+                let secs = |d: Duration| format!("{}s", d.as_secs());
+                let connect = Duration::from_secs(5).min(timeout);
+                let store: Arc<dyn ObjectStore> = match url.scheme() {
+                    "s3" => {
+                        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey as Key};
+                        Arc::new(
+                            AmazonS3Builder::from_env()
+                                .with_url(url.as_str())
+                                .with_config(Key::Client(Timeout), secs(timeout))
+                                .with_config(Key::Client(ConnectTimeout), secs(connect))
+                                .with_retry(retry)
+                                .build()
+                                .map_err(|e| bad(e.to_string()))?,
+                        )
+                    }
+                    "gs" => {
+                        use object_store::gcp::{
+                            GoogleCloudStorageBuilder, GoogleConfigKey as Key,
+                        };
+                        Arc::new(
+                            GoogleCloudStorageBuilder::from_env()
+                                .with_url(url.as_str())
+                                .with_config(Key::Client(Timeout), secs(timeout))
+                                .with_config(Key::Client(ConnectTimeout), secs(connect))
+                                .with_retry(retry)
+                                .build()
+                                .map_err(|e| bad(e.to_string()))?,
+                        )
+                    }
+                    _ => {
+                        use object_store::azure::{AzureConfigKey as Key, MicrosoftAzureBuilder};
+                        Arc::new(
+                            MicrosoftAzureBuilder::from_env()
+                                .with_url(url.as_str())
+                                .with_config(Key::Client(Timeout), secs(timeout))
+                                .with_config(Key::Client(ConnectTimeout), secs(connect))
+                                .with_retry(retry)
+                                .build()
+                                .map_err(|e| bad(e.to_string()))?,
+                        )
+                    }
+                };
                 secrets.extend(
-                    options
-                        .iter()
+                    std::env::vars()
                         .filter(|(k, _)| {
-                            ["secret", "token", "key", "password"]
+                            ["AWS_", "GOOGLE_", "AZURE_"]
                                 .iter()
-                                .any(|w| k.contains(w))
+                                .any(|p| k.starts_with(p))
+                                && ["SECRET", "TOKEN", "KEY", "PASSWORD"]
+                                    .iter()
+                                    .any(|w| k.contains(w))
                         })
-                        .map(|(_, v)| v.clone()),
+                        .map(|(_, v)| v),
                 );
-                let (store, prefix) =
-                    object_store::parse_url_opts(&url, options).map_err(|e| bad(e.to_string()))?;
-                (Arc::from(store), prefix)
+                let prefix = url.path().trim_matches('/');
+                (store, ObjectPath::from(prefix))
             }
             other => return Err(bad(format!("unsupported scheme `{other}`"))),
         };

@@ -369,7 +369,10 @@ fn bad_remote_configuration_is_bad_input() {
             "unsupported scheme `ftp`",
         ),
         ("remote:\n  ulr: http://x/\n", "cannot read edgebuild.yaml"),
-        ("remote:\n  url: \"http://[::1\"\n", "bad remote cache URL"),
+        (
+            "remote:\n  url: \"http://[::1\"\n",
+            "cannot use the remote cache",
+        ),
     ] {
         ws.write("edgebuild.yaml", config);
         let out = ws.run(&["build"]);
@@ -505,4 +508,98 @@ fn versioned_inputs_outside_git_are_added_and_pulled() {
         stderr(&out)
     );
     assert!(!other.exists("models/weights.bin"));
+}
+
+#[test]
+fn verification_never_uses_the_remote() {
+    let server = Nginx::start();
+    let ws = chain();
+    ws.git_init();
+    ws.write(
+        "edgebuild.yaml",
+        &format!("remote:\n  url: {}\n", server.url()),
+    );
+    let (code, _, err) = build(&ws, &["--remote-upload"]);
+    assert_eq!(code, 0, "{err}");
+    ws.commit("built and uploaded");
+    let before = server.requests();
+    assert!(
+        before.iter().any(|r| r.starts_with("PUT /cache/ac/")),
+        "{before:?}"
+    );
+    let out = ws
+        .command()
+        .env("EDGEBUILD_REMOTE", server.url())
+        .args(["verify-reproducible", "--json", "HEAD"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["builds"][0]["stages"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|o| o == "ran")
+    );
+    let out = ws.run(&["verify-reproducible", "--vary"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(server.requests(), before, "no request reached the remote");
+}
+
+#[test]
+fn a_directory_remote_and_cloud_urls() {
+    // file://: a shared directory works like any other remote.
+    let shared = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", shared.path().display());
+    let writer = chain();
+    assert_eq!(build(&writer, &["--remote", &url, "--remote-upload"]).0, 0);
+    let reader = chain();
+    let (code, report, err) = build(&reader, &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        outcomes(&report)
+            .iter()
+            .all(|(_, o, r)| o == "restored" && *r),
+        "{report}"
+    );
+
+    // s3://, gs://, az:// are accepted; an unreachable endpoint is a warning, not a failure.
+    for url in [
+        "s3://bucket/edgebuild",
+        "gs://bucket/edgebuild",
+        "az://container/edgebuild",
+    ] {
+        let ws = chain();
+        let out = ws
+            .command()
+            .env("AWS_ENDPOINT", "http://127.0.0.1:9")
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG")
+            .env("AWS_REGION", "us-east-1")
+            .env("GOOGLE_SERVICE_ACCOUNT_KEY", "{}")
+            .env("AZURE_STORAGE_ACCOUNT_NAME", "devstoreaccount1")
+            .env("AZURE_STORAGE_ACCOUNT_KEY", "a2V5")
+            .env("AZURE_STORAGE_USE_EMULATOR", "true")
+            .args(["build", "--remote", url])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("wJalrXUtnFEMI"), "{url}: secret shown: {err}");
+        if url.starts_with("gs:") {
+            // A service account key without its private key is refused before anything runs.
+            assert_eq!(out.status.code(), Some(2), "{url}: {err}");
+            assert!(
+                err.contains("cannot use the remote cache `gs://bucket/edgebuild`"),
+                "{err}"
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{url}: {err}");
+            assert!(
+                err.contains(&format!("warning: remote cache {url} is unavailable")),
+                "{err}"
+            );
+        }
+    }
 }

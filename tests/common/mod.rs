@@ -324,6 +324,28 @@ http {{
         }
     }
 
+    /// The requests the server has logged so far ("METHOD /path status").
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.prefix.path().join("logs/access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let request = l.split('"').nth(1).unwrap_or_default();
+                let status = l
+                    .split('"')
+                    .nth(2)
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .next();
+                format!(
+                    "{} {}",
+                    request.rsplit_once(' ').map_or(request, |(r, _)| r),
+                    status.unwrap_or("?")
+                )
+            })
+            .collect()
+    }
+
     /// The process id of the server's master process.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("nginx is running").id()
