@@ -141,6 +141,27 @@ pub enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// Generate the runbook of pipelines from the pipelines themselves: inputs and their hashes,
+    /// stages, gates and what to do when they fail, how to ship and reproduce.
+    Runbook {
+        /// Pipelines (file stems); default all.
+        pipelines: Vec<String>,
+        #[arg(long, value_enum, default_value_t = RunbookFormat::Markdown)]
+        format: RunbookFormat,
+        /// Write pipelines/NAME.runbook.md (or .html) instead of printing.
+        #[arg(long)]
+        write: bool,
+    },
+    /// Check this machine and workspace: toolchain against the locks, cache, remote, git state,
+    /// device profiles, pointed inputs, runbooks. Exits 2 when something must be fixed.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scaffold a workspace for your own model: a pipeline (imatrix, quantize, evaluate, report,
+    /// gates, package), device profiles, a .gitignore and a CI workflow. Asks for what is missing
+    /// when run in a terminal.
+    Init(crate::init::InitOptions),
     /// Put large files (model weights, data sets) under version control without git holding
     /// them: store each in the cache (and the remote, with --remote-upload) and write a small
     /// committed pointer file PATH.pointer.
@@ -171,6 +192,12 @@ pub enum CacheAction {
     Push { targets: Vec<String> },
     /// Download the remote entries of the locked stages into the local cache (verified).
     Pull { targets: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunbookFormat {
+    Markdown,
+    Html,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -218,17 +245,34 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             ctx.stat.memoize();
             let selected = ctx.select(&targets)?;
             let plans = plan::plan(&ctx, &selected);
+            let pipelines: BTreeSet<usize> = selected
+                .iter()
+                .map(|&s| ctx.ws.stages[s].pipeline)
+                .collect();
+            let stale_runbooks = crate::runbook::stale(&ctx, &pipelines);
             ctx.save_stat_cache();
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "stages": plans }))
-                        .expect("plans serialize")
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "stages": plans,
+                        "stale_runbooks": stale_runbooks,
+                    }))
+                    .expect("plans serialize")
                 );
             } else {
                 print!("{}", plan::render(&ctx, &plans));
             }
-            let stale = plans.iter().any(|p| p.status != Status::UpToDate);
+            for file in &stale_runbooks {
+                let name = file
+                    .trim_start_matches("pipelines/")
+                    .trim_end_matches(".runbook.md");
+                eprintln!(
+                    "note: {file} no longer matches its pipeline: run `edgebuild runbook {name} --write`"
+                );
+            }
+            let stale =
+                plans.iter().any(|p| p.status != Status::UpToDate) || !stale_runbooks.is_empty();
             // Freeing a large workspace takes measurable time and the process ends here.
             std::mem::forget(ctx);
             Ok(if check && stale {
@@ -538,6 +582,117 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::Ok)
                 }
             }
+        }
+        Command::Runbook {
+            pipelines,
+            format,
+            write,
+        } => {
+            let ctx = Context::open(&options, Access::Read)?;
+            let chosen: Vec<usize> = if pipelines.is_empty() {
+                (0..ctx.ws.pipelines.len()).collect()
+            } else {
+                pipelines
+                    .iter()
+                    .map(|name| {
+                        let name = name
+                            .trim_start_matches("pipelines/")
+                            .trim_end_matches(".yaml");
+                        ctx.ws
+                            .pipelines
+                            .iter()
+                            .position(|p| p.name == name)
+                            .ok_or_else(|| {
+                                Error::usage(
+                                    format!("no pipeline named `{name}`"),
+                                    Some(format!(
+                                        "pipelines: {}",
+                                        ctx.ws
+                                            .pipelines
+                                            .iter()
+                                            .map(|p| p.name.as_str())
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    )),
+                                )
+                            })
+                    })
+                    .collect::<Result<_>>()?
+            };
+            for i in chosen {
+                let name = &ctx.ws.pipelines[i].name;
+                let markdown = crate::runbook::markdown(&ctx, i);
+                let (text, file) = match format {
+                    RunbookFormat::Markdown => (markdown, crate::runbook::path(name)),
+                    RunbookFormat::Html => (
+                        crate::runbook::html(&markdown, &format!("Runbook: {name}")),
+                        crate::runbook::path(name).replace(".md", ".html"),
+                    ),
+                };
+                if write {
+                    let full = ctx.root().join(&file);
+                    crate::store::write_atomic(&full, text.as_bytes())
+                        .map_err(|e| Error::io(&full, e))?;
+                    eprintln!("wrote {file}");
+                } else {
+                    print!("{text}");
+                }
+            }
+            Ok(ExitCode::Ok)
+        }
+        Command::Doctor { json } => {
+            let ctx = Context::open(&options, Access::Read)?;
+            let findings = crate::doctor::check(&ctx);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "checks": findings }))
+                        .expect("findings serialize")
+                );
+            } else {
+                for f in &findings {
+                    let level = match f.level {
+                        crate::doctor::Level::Ok => "ok  ",
+                        crate::doctor::Level::Warn => "WARN",
+                        crate::doctor::Level::Fail => "FAIL",
+                    };
+                    println!("{level} {:9} {}", f.check, f.message);
+                    if let Some(fix) = &f.fix {
+                        println!("     {:9} fix: {fix}", "");
+                    }
+                }
+            }
+            let failed = findings
+                .iter()
+                .filter(|f| f.level == crate::doctor::Level::Fail)
+                .count();
+            if failed > 0 {
+                return Err(Error::usage(
+                    format!("doctor found {failed} problem(s) to fix"),
+                    Some("each is listed above with its fix".into()),
+                ));
+            }
+            Ok(ExitCode::Ok)
+        }
+        Command::Init(init) => {
+            let start = start_dir(&None)?;
+            let root = match &cli.dir {
+                Some(dir) => start.join(dir),
+                None => start.clone(),
+            };
+            std::fs::create_dir_all(root.join(crate::spec::PIPELINES_DIR))
+                .map_err(|e| Error::io(&root, e))?;
+            let written = crate::init::init(&root, &start, init)?;
+            for file in &written.files {
+                eprintln!("wrote {file}");
+            }
+            for file in &written.kept {
+                eprintln!("kept  {file} (it exists)");
+            }
+            eprintln!(
+                "next: `edgebuild plan`, then `edgebuild build`; commit the pipeline and its lock"
+            );
+            Ok(ExitCode::Ok)
         }
         Command::Add { paths } => {
             let (root, store, remote, _lock) = crate::context::open_caches(&options)?;

@@ -394,3 +394,9 @@ impl Drop for Nginx {
         self.stop();
     }
 }
+
+/// The SHA-256 of a file, in hex.
+pub fn sha256_of(path: &Path) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
