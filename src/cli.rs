@@ -158,6 +158,34 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make an Ed25519 key pair for signing releases: PATH (private, mode 0600) and PATH.pub.
+    /// Keep the private key out of the repository and the cache.
+    Keygen { path: PathBuf },
+    /// Make a signed release of a pipeline from its current lock: only when the lock matches the
+    /// working tree and every gate passed. Writes releases/PIPELINE/NUMBER.json (and the
+    /// pre-signed rollback to the previous release).
+    Release {
+        pipeline: String,
+        #[arg(long)]
+        version: String,
+        /// The private key (from `edgebuild keygen`).
+        #[arg(long, value_name = "PATH")]
+        key: PathBuf,
+    },
+    /// Check a release manifest as a device does before installing: signature, number above
+    /// the running release, artifact hashes.
+    VerifyRelease {
+        manifest: PathBuf,
+        /// The public key (PATH.pub from `edgebuild keygen`).
+        #[arg(long, value_name = "PATH")]
+        key: PathBuf,
+        /// The release the device runs now.
+        #[arg(long, value_name = "N")]
+        current: Option<u64>,
+        /// A directory with the artifacts by name (default: the local cache, by hash).
+        #[arg(long, value_name = "DIR")]
+        artifacts: Option<PathBuf>,
+    },
     /// Scaffold a workspace for your own model: a pipeline (imatrix, quantize, evaluate, report,
     /// gates, package), device profiles, a .gitignore and a CI workflow. Asks for what is missing
     /// when run in a terminal.
@@ -672,6 +700,72 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     Some("each is listed above with its fix".into()),
                 ));
             }
+            Ok(ExitCode::Ok)
+        }
+        Command::Keygen { path } => {
+            let key = crate::release::keygen(&path)?;
+            eprintln!(
+                "wrote {} (private: keep it out of the repository) and {} (public: give it to devices)",
+                path.display(),
+                crate::release::public_path(&path).display()
+            );
+            let _ = key;
+            Ok(ExitCode::Ok)
+        }
+        Command::Release {
+            pipeline,
+            version,
+            key,
+        } => {
+            let signing = crate::release::read_signing_key(&key)?;
+            let ctx = Context::open(&options, Access::Read)?;
+            let made = crate::release::release(&ctx, &pipeline, &version, &signing)?;
+            eprintln!("release {} of {pipeline} ({version}): {}", made.release, made.manifest);
+            if let Some((number, path)) = &made.rollback {
+                eprintln!("rollback {number} (to the previous release): {path}");
+            }
+            Ok(ExitCode::Ok)
+        }
+        Command::VerifyRelease {
+            manifest,
+            key,
+            current,
+            artifacts,
+        } => {
+            let verifying = crate::release::read_verifying_key(&key)?;
+            let bytes = std::fs::read(&manifest).map_err(|e| Error::io(&manifest, e))?;
+            let signed: crate::release::SignedManifest = serde_json::from_slice(&bytes)
+                .map_err(|e| crate::release::ReleaseError::Rejected(format!("not a manifest: {e}")))?;
+            let cache = match &artifacts {
+                Some(_) => None,
+                None => Some(
+                    cli.cache_dir
+                        .clone()
+                        .map(|d| start_dir(&cli.dir).map(|s| s.join(d)))
+                        .unwrap_or_else(|| {
+                            crate::spec::Workspace::find_root(&start_dir(&cli.dir)?)
+                                .map(|r| r.join("cache"))
+                                .map_err(Error::from)
+                        })?,
+                ),
+            };
+            let lookup = |a: &crate::release::Artifact| match (&artifacts, &cache) {
+                (Some(dir), _) => std::fs::read(dir.join(&a.name)).ok(),
+                (None, Some(cache)) => std::fs::read(
+                    cache.join("cas").join(&a.sha256.hex()[..2]).join(a.sha256.hex()),
+                )
+                .ok(),
+                _ => None,
+            };
+            signed.verify(&verifying, current, &lookup)?;
+            println!(
+                "ok: release {} ({} {}) signed by {}, {} artifact(s) verified",
+                signed.manifest.release,
+                signed.manifest.pipeline,
+                signed.manifest.version,
+                signed.key_id,
+                signed.manifest.artifacts.len()
+            );
             Ok(ExitCode::Ok)
         }
         Command::Init(init) => {

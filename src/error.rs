@@ -45,6 +45,10 @@ pub enum Error {
     #[diagnostic(transparent)]
     Remote(#[from] crate::remote::RemoteError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Release(#[from] crate::release::ReleaseError),
+
     #[error("{message}")]
     #[diagnostic(code(edgebuild::usage))]
     Usage {
@@ -95,6 +99,8 @@ impl Error {
                 ExitCode::RemoteUnavailable
             }
             Error::Remote(_) => ExitCode::BadInput,
+            Error::Release(crate::release::ReleaseError::Io { .. }) => ExitCode::StageFailed,
+            Error::Release(_) => ExitCode::BadInput,
         }
     }
 

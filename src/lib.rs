@@ -29,6 +29,7 @@ pub mod ops;
 pub mod plan;
 pub mod pointer;
 pub mod profile;
+pub mod release;
 pub mod remote;
 pub mod repro;
 pub mod runbook;
