@@ -59,7 +59,13 @@ pub fn gate_checks(ctx: &Context, report: &BuildReport) -> Vec<(String, Option<V
             let checks = stage
                 .outputs
                 .first()
-                .filter(|_| result.outcome != Outcome::Blocked)
+                // Only a gate that ran or was restored in this build has a current verdict.
+                .filter(|_| {
+                    matches!(
+                        result.outcome,
+                        Outcome::Ran | Outcome::Restored | Outcome::UpToDate | Outcome::GateFailed
+                    )
+                })
                 .and_then(|port| std::fs::read(ctx.root().join(&port.path)).ok())
                 .and_then(|bytes| serde_json::from_slice::<Verdict>(&bytes).ok())
                 .map(|v| v.checks);
@@ -117,7 +123,7 @@ pub fn junit(ctx: &Context, report: &BuildReport) -> String {
             }
             None => {
                 let mut status = TestCaseStatus::skipped();
-                status.set_message("the gate did not run: a stage before it failed");
+                status.set_message("the gate did not run in this build: a stage before it failed");
                 suite.add_test_case(TestCase::new(stage.clone(), status));
             }
         }

@@ -199,7 +199,11 @@ pub enum Command {
     },
     /// Bring back the files that pointer files name, verified by hash: from the local cache,
     /// else the remote.
-    Pull,
+    Pull {
+        /// Replace a pointed file that was changed locally.
+        #[arg(long)]
+        force: bool,
+    },
     /// Remove cache entries that no lock file in `pipelines/` refers to.
     Gc {
         /// Collect a cache outside the workspace too (it may hold other workspaces' entries).
@@ -669,8 +673,24 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::Ok)
         }
         Command::Doctor { json } => {
-            let ctx = Context::open(&options, Access::Read)?;
-            let findings = crate::doctor::check(&ctx);
+            // The doctor runs when things are wrong: the workspace may not load and the remote
+            // may be down, even if it is required; each is a finding, not an early exit.
+            let root = crate::spec::Workspace::find_root(&start_dir(&cli.dir)?)?;
+            let quiet = Options {
+                remote: crate::context::RemoteOverrides {
+                    disabled: true,
+                    ..Default::default()
+                },
+                ..options.clone()
+            };
+            let opened = Context::open(&quiet, Access::Read);
+            let remote =
+                crate::context::remote_settings(&root, &options.remote).and_then(|mut s| {
+                    s.required = false;
+                    crate::remote::Remote::open(&s).map_err(Error::from)
+                });
+            let findings =
+                crate::doctor::check(&root, opened.as_ref(), remote.as_ref().map(|r| r.as_ref()));
             if json {
                 println!(
                     "{}",
@@ -720,7 +740,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let signing = crate::release::read_signing_key(&key)?;
             let ctx = Context::open(&options, Access::Read)?;
             let made = crate::release::release(&ctx, &pipeline, &version, &signing)?;
-            eprintln!("release {} of {pipeline} ({version}): {}", made.release, made.manifest);
+            eprintln!(
+                "release {} of {pipeline} ({version}): {}",
+                made.release, made.manifest
+            );
             if let Some((number, path)) = &made.rollback {
                 eprintln!("rollback {number} (to the previous release): {path}");
             }
@@ -734,8 +757,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let verifying = crate::release::read_verifying_key(&key)?;
             let bytes = std::fs::read(&manifest).map_err(|e| Error::io(&manifest, e))?;
-            let signed: crate::release::SignedManifest = serde_json::from_slice(&bytes)
-                .map_err(|e| crate::release::ReleaseError::Rejected(format!("not a manifest: {e}")))?;
+            let signed: crate::release::SignedManifest =
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    crate::release::ReleaseError::Rejected(format!("not a manifest: {e}"))
+                })?;
             let cache = match &artifacts {
                 Some(_) => None,
                 None => Some(
@@ -752,7 +777,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let lookup = |a: &crate::release::Artifact| match (&artifacts, &cache) {
                 (Some(dir), _) => std::fs::read(dir.join(&a.name)).ok(),
                 (None, Some(cache)) => std::fs::read(
-                    cache.join("cas").join(&a.sha256.hex()[..2]).join(a.sha256.hex()),
+                    cache
+                        .join("cas")
+                        .join(&a.sha256.hex()[..2])
+                        .join(a.sha256.hex()),
                 )
                 .ok(),
                 _ => None,
@@ -817,11 +845,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::Ok)
         }
-        Command::Pull => {
+        Command::Pull { force } => {
             let (root, store, remote, _lock) = crate::context::open_caches(&options)?;
             let mut counts = std::collections::BTreeMap::new();
             for pointer in crate::pointer::find(&root) {
-                let source = crate::pointer::pull_one(&pointer, Some(&store), remote.as_ref())?;
+                let source =
+                    crate::pointer::pull_one(&pointer, Some(&store), remote.as_ref(), force)?;
                 *counts.entry(format!("{source:?}")).or_insert(0) += 1;
             }
             eprintln!(

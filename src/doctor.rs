@@ -61,23 +61,58 @@ fn git(root: &Path, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs every check.
-pub fn check(ctx: &Context) -> Vec<Finding> {
+/// Runs every check. `workspace` is the opened workspace, or why it could not be opened (then
+/// the checks that need it are replaced by that failure); `remote` is the configured remote,
+/// opened without probing.
+pub fn check(
+    root: &Path,
+    workspace: std::result::Result<&Context, &crate::error::Error>,
+    remote: std::result::Result<Option<&crate::remote::Remote>, &crate::error::Error>,
+) -> Vec<Finding> {
     let mut found = Vec::new();
-    toolchain(ctx, &mut found);
-    cache(ctx, &mut found);
-    remote(ctx, &mut found);
-    git_state(ctx, &mut found);
-    profiles(ctx, &mut found);
-    pointers(ctx, &mut found);
-    let all = (0..ctx.ws.pipelines.len()).collect();
-    for file in crate::runbook::stale(ctx, &all) {
-        found.push(finding(
-            "runbook",
-            Level::Warn,
-            format!("{file} no longer matches its pipeline"),
-            Some("`edgebuild runbook --write` and commit it"),
-        ));
+    match workspace {
+        Ok(ctx) => {
+            toolchain(ctx, &mut found);
+            cache(ctx, &mut found);
+        }
+        Err(e) => {
+            let pointed = !crate::pointer::find(root).is_empty();
+            found.push(finding(
+                "pipelines",
+                Level::Fail,
+                format!("the workspace does not load: {e}"),
+                Some(if pointed {
+                    "`edgebuild pull` if an input is a pointed file, else fix what `edgebuild plan` shows"
+                } else {
+                    "fix what `edgebuild plan` shows"
+                }),
+            ));
+        }
+    }
+    match remote {
+        Ok(remote) => remote_check(remote, &mut found),
+        Err(e) => found.push(finding(
+            "remote",
+            Level::Fail,
+            e.to_string(),
+            Some("fix the remote's settings (edgebuild.yaml, EDGEBUILD_REMOTE)"),
+        )),
+    }
+    git_state(root, &mut found);
+    if let Ok(ctx) = workspace {
+        profiles(ctx, &mut found);
+    }
+    pointers(root, &mut found);
+    if let Ok(ctx) = workspace {
+        let all = (0..ctx.ws.pipelines.len()).collect();
+        for file in crate::runbook::stale(ctx, &all) {
+            found.push(finding(
+                "runbook",
+                Level::Warn,
+                format!("{file} no longer matches its pipeline"),
+                Some("`edgebuild runbook --write` and commit it"),
+            ));
+        }
     }
     found
 }
@@ -196,8 +231,8 @@ fn credential_variables(url: &str) -> Option<&'static [&'static [&'static str]]>
     }
 }
 
-fn remote(ctx: &Context, found: &mut Vec<Finding>) {
-    let Some(remote) = &ctx.remote else {
+fn remote_check(remote: Option<&crate::remote::Remote>, found: &mut Vec<Finding>) {
+    let Some(remote) = remote else {
         found.push(finding(
             "remote",
             Level::Ok,
@@ -209,7 +244,10 @@ fn remote(ctx: &Context, found: &mut Vec<Finding>) {
     let url = remote.url().to_string();
     if let Some(groups) = credential_variables(&url) {
         for group in groups {
-            if !group.iter().any(|v| std::env::var_os(v).is_some()) {
+            if !group
+                .iter()
+                .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
+            {
                 found.push(finding(
                     "remote",
                     Level::Fail,
@@ -222,7 +260,7 @@ fn remote(ctx: &Context, found: &mut Vec<Finding>) {
     } else if url.starts_with("http") && remote.upload {
         let has = [crate::remote::TOKEN_ENV, crate::remote::USER_ENV]
             .iter()
-            .any(|v| std::env::var_os(v).is_some());
+            .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
         if !has {
             found.push(finding(
                 "remote",
@@ -256,8 +294,7 @@ fn remote(ctx: &Context, found: &mut Vec<Finding>) {
     }
 }
 
-fn git_state(ctx: &Context, found: &mut Vec<Finding>) {
-    let root = ctx.root();
+fn git_state(root: &Path, found: &mut Vec<Finding>) {
     if git(root, &["rev-parse", "--git-dir"]).is_none() {
         found.push(finding(
             "git",
@@ -347,10 +384,10 @@ fn profiles(ctx: &Context, found: &mut Vec<Finding>) {
     }
 }
 
-fn pointers(ctx: &Context, found: &mut Vec<Finding>) {
-    for pointer_file in crate::pointer::find(ctx.root()) {
+fn pointers(root: &Path, found: &mut Vec<Finding>) {
+    for pointer_file in crate::pointer::find(root) {
         let rel = pointer_file
-            .strip_prefix(ctx.root())
+            .strip_prefix(root)
             .unwrap_or(&pointer_file)
             .display()
             .to_string();

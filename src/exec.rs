@@ -629,7 +629,12 @@ fn process(
         Decision::Run { reasons } => {
             result.reasons = reasons;
             let fetched = match (&ctx.remote, spec.volatile) {
-                (Some(remote), false) => remote.fetch_action(&ctx.store, &key, &spec.id),
+                (Some(remote), false) => remote.fetch_action(
+                    &ctx.store,
+                    &key,
+                    &spec.id,
+                    &crate::remote::declared_outputs(ctx, &spec.id),
+                ),
                 _ => Ok(None),
             };
             let done = match fetched {
@@ -696,7 +701,31 @@ fn restore_or_run(
     executor: &dyn Executor,
     result: &mut StageResult,
 ) -> Option<(BTreeMap<String, PathHash>, bool)> {
-    match restore(ctx, stage, &entry) {
+    let restored = restore(ctx, stage, &entry).and_then(|()| {
+        // A gate's verdict comes from its restored verdict file (hashed bytes); an entry whose
+        // recorded verdict disagrees with it is not used.
+        let spec = &ctx.ws.stages[stage];
+        let op = match &spec.action {
+            Action::Op { name, .. } => crate::ops::find(name).filter(|op| op.is_gate()),
+            Action::Cmd(_) => None,
+        };
+        let Some(op) = op else { return Ok(()) };
+        let outputs = spec
+            .outputs
+            .iter()
+            .map(|p| (p.name.clone(), ctx.root().join(&p.path)))
+            .collect();
+        match op.verdict_of(&outputs) {
+            Some(passed) if passed == (entry.gate_passed != Some(false)) => Ok(()),
+            _ => Err(crate::store::StoreError::Corrupt {
+                hash: format!(
+                    "{} (its gate verdict disagrees with its verdict file)",
+                    entry.key
+                ),
+            }),
+        }
+    });
+    match restored {
         Ok(()) => {
             let passed = entry.gate_passed != Some(false);
             result.outcome = if passed {
@@ -746,6 +775,14 @@ fn restore(
     stage: usize,
     entry: &ActionEntry,
 ) -> Result<(), crate::store::StoreError> {
+    if entry.outputs.len() != ctx.ws.stages[stage].outputs.len() {
+        return Err(crate::store::StoreError::Corrupt {
+            hash: format!(
+                "{} (the entry names other outputs than the stage)",
+                entry.key
+            ),
+        });
+    }
     for port in &ctx.ws.stages[stage].outputs {
         let Some(output) = entry.outputs.get(&port.path) else {
             return Err(crate::store::StoreError::Corrupt {

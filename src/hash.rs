@@ -124,6 +124,51 @@ pub struct TreeEntry {
     pub link: Option<String>,
 }
 
+/// Checks that every path of a directory listing stays inside the directory: relative, no `.`
+/// or `..` components, and symlink targets that resolve inside it. A listing from a cache entry
+/// is data from elsewhere: it must not write outside the output it describes.
+pub fn check_tree(tree: &[TreeEntry]) -> Result<(), String> {
+    fn depth_ok(parts: impl Iterator<Item = String>) -> bool {
+        let mut depth: i64 = 0;
+        for part in parts {
+            match part.as_str() {
+                "" | "." => {}
+                ".." => depth -= 1,
+                _ => depth += 1,
+            }
+            if depth < 0 {
+                return false;
+            }
+        }
+        true
+    }
+    for entry in tree {
+        let clean = !entry.path.is_empty()
+            && !entry.path.starts_with('/')
+            && entry
+                .path
+                .split('/')
+                .all(|p| !p.is_empty() && p != "." && p != "..");
+        if !clean {
+            return Err(format!("tree path `{}` leaves its directory", entry.path));
+        }
+        if let Some(target) = &entry.link {
+            let parent = entry.path.rsplit_once('/').map_or("", |(p, _)| p);
+            let parts = parent
+                .split('/')
+                .chain(target.split('/'))
+                .map(str::to_string);
+            if target.starts_with('/') || !depth_ok(parts) {
+                return Err(format!(
+                    "symlink `{}` points outside its directory (`{target}`)",
+                    entry.path
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl TreeEntry {
     /// Whether the entry's content lives in a blob.
     pub fn is_file(&self) -> bool {
@@ -381,6 +426,31 @@ impl StatCache {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn entry(path: &str, link: Option<&str>) -> TreeEntry {
+        TreeEntry {
+            path: path.into(),
+            hash: Digest([0; 32]),
+            size: 0,
+            executable: false,
+            dir: false,
+            link: link.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn tree_paths_stay_inside_their_directory() {
+        assert!(check_tree(&[entry("a/b.txt", None), entry("a/l", Some("../c"))]).is_ok());
+        for bad in ["../x", "/etc/passwd", "a/../../b", "a//b", "./a", ""] {
+            assert!(check_tree(&[entry(bad, None)]).is_err(), "{bad}");
+        }
+        for target in ["../../x", "/etc", "../a/../../b"] {
+            assert!(
+                check_tree(&[entry("a/l", Some(target))]).is_err(),
+                "{target}"
+            );
+        }
+    }
 
     #[test]
     fn file_hash_matches_known_vector() {

@@ -339,7 +339,8 @@ pub fn init(root: &Path, start: &Path, options: InitOptions) -> Result<Written> 
             DEFAULT_PROFILES.to_string(),
             false,
         ),
-        (WORKFLOW_PATH.to_string(), CI_WORKFLOW.to_string(), true),
+        // One workflow serves every pipeline: kept when there is one.
+        (WORKFLOW_PATH.to_string(), CI_WORKFLOW.to_string(), false),
     ];
     let existing: Vec<&str> = planned
         .iter()

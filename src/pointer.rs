@@ -31,12 +31,25 @@ pub struct Pointer {
 impl Pointer {
     pub fn read(path: &Path) -> Result<Pointer> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| {
+        let bad = |why: String| {
             Error::usage(
-                format!("{} is not a pointer file: {e}", path.display()),
+                format!("{} is not a pointer file: {why}", path.display()),
                 Some("restore it from git, or `edgebuild add` the file again".into()),
             )
-        })
+        };
+        let pointer: Pointer = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        // The file lies beside its pointer: a name, never a path.
+        let expected = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(SUFFIX));
+        if expected != Some(pointer.file.as_str()) {
+            return Err(bad(format!(
+                "it names `{}`, not the file beside it",
+                pointer.file
+            )));
+        }
+        Ok(pointer)
     }
 }
 
@@ -63,7 +76,13 @@ pub fn add(root: &Path, rel: &str, store: &Store, remote: Option<&Remote>) -> Re
     let (hash, size) = hash_file(&full).map_err(|e| Error::io(&full, e))?;
     store.put_file(&full, &hash)?;
     if let Some(remote) = remote.filter(|r| r.upload) {
-        remote.upload_blob(store, &hash)?;
+        // Without --remote-required an outage costs a warning: the pointer is still written, and
+        // `cache push` or another `add` uploads later.
+        if let Err(e) = remote.upload_blob(store, &hash)
+            && remote.required
+        {
+            return Err(e.into());
+        }
     }
     let pointer = Pointer {
         pointer_version: 1,
@@ -130,15 +149,24 @@ pub enum Source {
 }
 
 /// Brings the file of one pointer into place, verified: from the local cache, else the remote.
+/// A file that is there with other content is a local change: kept unless `force`.
 pub fn pull_one(
     pointer_file: &Path,
     store: Option<&Store>,
     remote: Option<&Remote>,
+    force: bool,
 ) -> Result<Source> {
     let pointer = Pointer::read(pointer_file)?;
     let dest = pointer_file.with_file_name(&pointer.file);
-    if hash_file(&dest).is_ok_and(|(hash, _)| hash == pointer.sha256) {
-        return Ok(Source::InPlace);
+    match hash_file(&dest) {
+        Ok((hash, _)) if hash == pointer.sha256 => return Ok(Source::InPlace),
+        Ok(_) if !force => {
+            return Err(Error::usage(
+                format!("{} differs from its pointer: a local change", dest.display()),
+                Some("`edgebuild add` it to record the new version, or `edgebuild pull --force` to discard the change".into()),
+            ));
+        }
+        _ => {}
     }
     if let Some(store) = store
         && store.has_blob(&pointer.sha256)
@@ -148,9 +176,10 @@ pub fn pull_one(
     {
         return Ok(Source::LocalCache);
     }
-    let fetched = match remote {
-        Some(remote) => remote.fetch_blob(&pointer.sha256)?,
-        None => None,
+    let fetched = match remote.map(|r| (r, r.fetch_blob(&pointer.sha256))) {
+        Some((_, Ok(found))) => found,
+        Some((r, Err(e))) if r.required => return Err(e.into()),
+        _ => None,
     };
     let Some(bytes) = fetched else {
         return Err(Error::usage(
@@ -191,7 +220,7 @@ pub fn fill_copy(
             crate::store::write_atomic(&dest, &bytes).map_err(|e| Error::io(&dest, e))?;
             Source::WorkingTree
         } else {
-            pull_one(&pointer_file, None, remote)?
+            pull_one(&pointer_file, None, remote, false)?
         };
         filled.push((rel.to_string_lossy().into_owned(), source));
     }

@@ -36,7 +36,9 @@ pub enum ReleaseError {
     #[error("manifest rejected: {0}")]
     #[diagnostic(
         code(edgebuild::release::rejected),
-        help("a device installs only a release signed by the release key, numbered above the one it runs, whose artifacts match their hashes")
+        help(
+            "a device installs only a release signed by the release key, numbered above the one it runs, whose artifacts match their hashes"
+        )
     )]
     Rejected(String),
 
@@ -249,7 +251,10 @@ pub fn releases_dir(root: &Path, pipeline: &str) -> PathBuf {
 }
 
 /// The manifests already made for a pipeline, by number.
-pub fn existing(root: &Path, pipeline: &str) -> Result<BTreeMap<u64, SignedManifest>, ReleaseError> {
+pub fn existing(
+    root: &Path,
+    pipeline: &str,
+) -> Result<BTreeMap<u64, SignedManifest>, ReleaseError> {
     let dir = releases_dir(root, pipeline);
     let mut found = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -259,9 +264,8 @@ pub fn existing(root: &Path, pipeline: &str) -> Result<BTreeMap<u64, SignedManif
         let path = entry.map_err(io(&dir))?.path();
         if path.extension().is_some_and(|e| e == "json") {
             let bytes = std::fs::read(&path).map_err(io(&path))?;
-            let signed: SignedManifest = serde_json::from_slice(&bytes).map_err(|e| {
-                ReleaseError::Refused(format!("{}: {e}", path.display()), None)
-            })?;
+            let signed: SignedManifest = serde_json::from_slice(&bytes)
+                .map_err(|e| ReleaseError::Refused(format!("{}: {e}", path.display()), None))?;
             found.insert(signed.manifest.release, signed);
         }
     }
@@ -314,7 +318,9 @@ pub fn release(
             "build first (`edgebuild build`), and release what the lock records",
         );
     }
-    let lock = ctx.locks[index].as_ref().expect("up to date implies a lock");
+    let lock = ctx.locks[index]
+        .as_ref()
+        .expect("up to date implies a lock");
     let mut gates = BTreeMap::new();
     for (name, stage) in &lock.stages {
         if let Some(verdict) = stage.gate {

@@ -141,9 +141,20 @@ impl Remote {
         let Some(raw) = settings.url.as_deref().filter(|u| !u.is_empty()) else {
             return Ok(None);
         };
+        // Never show credentials, even of a URL that does not parse.
+        let shown = match url::Url::parse(raw) {
+            Ok(url) => displayable(&url),
+            Err(_) => match raw.split_once("://") {
+                Some((scheme, rest)) => match rest.rsplit_once('@') {
+                    Some((_, host)) => format!("{scheme}://***@{host}"),
+                    None => raw.to_string(),
+                },
+                None => raw.to_string(),
+            },
+        };
         let bad = |message: String| RemoteError::BadUrl {
-            url: raw.to_string(),
-            message,
+            url: shown.clone(),
+            message: message.replace(raw, &shown),
         };
         let url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
         // The timeout covers a whole request, body included: room for large weights.
@@ -183,10 +194,11 @@ impl Remote {
                         url.password().unwrap_or_default().to_string(),
                     )
                 });
-                let from_env = std::env::var(USER_ENV)
-                    .ok()
-                    .map(|user| (user, std::env::var(PASSWORD_ENV).unwrap_or_default()));
-                let auth = match (std::env::var(TOKEN_ENV).ok(), from_env.or(in_url)) {
+                // An empty variable (CI's value of a secret that is not set) counts as unset.
+                let set = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+                let from_env =
+                    set(USER_ENV).map(|user| (user, set(PASSWORD_ENV).unwrap_or_default()));
+                let auth = match (set(TOKEN_ENV), from_env.or(in_url)) {
                     (Some(token), _) => {
                         secrets.push(token.clone());
                         Some(format!("Bearer {token}"))
@@ -319,7 +331,7 @@ impl Remote {
         }
         if !self.down.swap(true, Ordering::SeqCst) && !self.required {
             eprintln!(
-                "warning: remote cache {} is unavailable ({message}); building locally without it",
+                "warning: remote cache {} is unavailable ({message}); continuing without it",
                 self.url
             );
         }
@@ -394,6 +406,7 @@ impl Remote {
         store: &Store,
         key: &Digest,
         stage: &str,
+        outputs: &[&str],
     ) -> Result<Option<ActionEntry>, RemoteError> {
         let Some(bytes) = self.get(&action_key(&self.prefix, key))? else {
             self.count(|s| s.misses += 1);
@@ -413,11 +426,20 @@ impl Remote {
         if entry.key != *key {
             return reject(format!("the entry names key {}", entry.key.short()));
         }
+        let named: Vec<&str> = entry.outputs.keys().map(String::as_str).collect();
+        if named != outputs {
+            return reject(format!(
+                "the entry names outputs {named:?}, the stage declares {outputs:?}"
+            ));
+        }
         for (path, output) in &entry.outputs {
-            if let Some(tree) = &output.tree
-                && tree_hash(tree) != output.hash
-            {
-                return reject(format!("the tree of {path} does not match its hash"));
+            if let Some(tree) = &output.tree {
+                if tree_hash(tree) != output.hash {
+                    return reject(format!("the tree of {path} does not match its hash"));
+                }
+                if let Err(why) = crate::hash::check_tree(tree) {
+                    return reject(format!("{path}: {why}"));
+                }
             }
         }
         for blob in entry.blobs() {
@@ -489,6 +511,23 @@ impl Remote {
         self.count(|s| s.uploaded_entries += 1);
         Ok(())
     }
+}
+
+/// A stage's declared output paths, sorted (as an entry's outputs are).
+pub fn declared_outputs<'a>(ctx: &'a crate::context::Context, stage: &str) -> Vec<&'a str> {
+    let mut paths: Vec<&str> = ctx
+        .ws
+        .stage_index(stage)
+        .map(|i| {
+            ctx.ws.stages[i]
+                .outputs
+                .iter()
+                .map(|p| p.path.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    paths.sort_unstable();
+    paths
 }
 
 /// One stage's place in the caches, for `cache status`.
@@ -593,7 +632,10 @@ pub fn pull(
             transfer.volatile.push(stage);
         } else if ctx.store.get_action(&key).is_some() {
             transfer.already_there.push(stage);
-        } else if remote.fetch_action(&ctx.store, &key, &stage)?.is_some() {
+        } else if remote
+            .fetch_action(&ctx.store, &key, &stage, &declared_outputs(ctx, &stage))?
+            .is_some()
+        {
             transfer.transferred.push(stage);
         } else {
             transfer.unavailable.push(stage);

@@ -224,6 +224,9 @@ impl Store {
         match &output.tree {
             None => self.materialize_file(&output.hash, dest, output.executable),
             Some(tree) => {
+                crate::hash::check_tree(tree).map_err(|why| StoreError::Corrupt {
+                    hash: format!("{} ({why})", output.hash),
+                })?;
                 if dest.exists() {
                     remove_path(dest).map_err(io_err(dest))?;
                 }

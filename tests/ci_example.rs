@@ -29,7 +29,10 @@ fn every_edgebuild_command_in_the_github_example_parses() {
             commands += 1;
         }
     }
-    assert_eq!(commands, 4, "plan, build, verify-reproducible, compare");
+    assert_eq!(
+        commands, 5,
+        "pull, plan, build, verify-reproducible, compare"
+    );
 }
 
 /// Replaces each `${{ ... }}` with what it evaluates to on the main branch, roughly.

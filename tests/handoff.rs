@@ -247,8 +247,8 @@ fn doctor_finds_a_dirty_tree_a_missing_credential_and_toolchain_drift() {
         stdout(&out)
     );
 
-    // Uncommitted work, an S3 remote without credentials, a lock written by another compiler
-    // and a tool that changed version.
+    // Uncommitted work, an S3 remote without credentials, and a lock written by another
+    // edgebuild.
     ws.write("notes.txt", "wip\n");
     ws.write(
         "edgebuild.yaml",
@@ -263,6 +263,8 @@ fn doctor_finds_a_dirty_tree_a_missing_credential_and_toolchain_drift() {
         .command()
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_PROFILE")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
         .args(["doctor", "--json"])
         .output()
         .unwrap();
@@ -291,4 +293,28 @@ fn doctor_finds_a_dirty_tree_a_missing_credential_and_toolchain_drift() {
         find("toolchain", "warn").contains("edgebuild: 0.0.9 → "),
         "{report}"
     );
+}
+
+#[test]
+fn doctor_runs_when_the_workspace_does_not_load() {
+    let ws = Workspace::new();
+    ws.pipeline(
+        "p",
+        "version: 1\nstages:\n  a:\n    cmd: \"cp ${inputs.0} out.txt\"\n    inputs: [w.bin]\n    outputs: [out.txt]\n",
+    );
+    ws.write("w.bin", "weights");
+    assert_eq!(ws.run(&["add", "w.bin"]).status.code(), Some(0));
+    std::fs::remove_file(ws.file("w.bin")).unwrap();
+    let out = ws.run(&["doctor"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = stdout(&out);
+    assert!(
+        text.contains("FAIL pipelines the workspace does not load"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL inputs    w.bin.pointer: the file it points to is missing"),
+        "{text}"
+    );
+    assert!(text.contains("`edgebuild pull`"), "{text}");
 }

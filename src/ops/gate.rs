@@ -68,6 +68,17 @@ impl Op for Gate {
         true
     }
 
+    fn verdict_of(
+        &self,
+        outputs: &std::collections::BTreeMap<String, std::path::PathBuf>,
+    ) -> Option<bool> {
+        let bytes = std::fs::read(outputs.get("verdict")?).ok()?;
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()?
+            .get("passed")?
+            .as_bool()
+    }
+
     fn check(&self, stage: &crate::spec::Stage) -> Result<(), String> {
         let params = parse_params(&stage.params)?;
         for check in &params.checks {

@@ -177,6 +177,11 @@ pub trait Op: Send + Sync {
     fn is_gate(&self) -> bool {
         false
     }
+    /// For a gate: its verdict, read back from its outputs (by output name), so that a verdict
+    /// restored from a cache comes from hashed bytes, not from an entry's unverified metadata.
+    fn verdict_of(&self, _outputs: &BTreeMap<String, std::path::PathBuf>) -> Option<bool> {
+        None
+    }
     fn run(&self, ctx: &OpContext) -> Result<OpOutcome, OpError>;
 }
 
