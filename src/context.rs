@@ -119,6 +119,22 @@ pub struct Context {
     _workspace_lock: File,
 }
 
+/// The local cache (`--cache-dir`, relative to where the command started, or `cache/`) and the
+/// remote, probed when it is required.
+fn open_stores(options: &Options, start: &Path, root: &Path) -> Result<(Store, Option<Remote>)> {
+    let cache_dir = match &options.cache_dir {
+        Some(dir) if dir.is_absolute() => dir.clone(),
+        Some(dir) => start.join(dir),
+        None => root.join("cache"),
+    };
+    let store = Store::open(&cache_dir)?;
+    let remote = Remote::open(&remote_settings(root, &options.remote)?)?;
+    if let Some(remote) = remote.as_ref().filter(|r| r.required) {
+        remote.probe()?;
+    }
+    Ok((store, remote))
+}
+
 /// The workspace root, its local cache and its remote, without loading the pipelines: for
 /// commands that must work while an input is missing (`pull`, `add`).
 pub fn open_caches(options: &Options) -> Result<(PathBuf, Store, Option<Remote>, File)> {
@@ -128,16 +144,7 @@ pub fn open_caches(options: &Options) -> Result<(PathBuf, Store, Option<Remote>,
     };
     let root = Workspace::find_root(&start)?;
     let workspace_lock = lock_workspace(&root, Access::Write)?;
-    let cache_dir = match &options.cache_dir {
-        Some(dir) if dir.is_absolute() => dir.clone(),
-        Some(dir) => start.join(dir),
-        None => root.join("cache"),
-    };
-    let store = Store::open(&cache_dir)?;
-    let remote = Remote::open(&remote_settings(&root, &options.remote)?)?;
-    if let Some(remote) = remote.as_ref().filter(|r| r.required) {
-        remote.probe()?;
-    }
+    let (store, remote) = open_stores(options, &start, &root)?;
     Ok((root, store, remote, workspace_lock))
 }
 
@@ -161,16 +168,7 @@ impl Context {
         });
         let ws = ws?;
         let graph = Graph::build(&ws)?;
-        let cache_dir = match &options.cache_dir {
-            Some(dir) if dir.is_absolute() => dir.clone(),
-            Some(dir) => start.join(dir),
-            None => root.join("cache"),
-        };
-        let store = Store::open(&cache_dir)?;
-        let remote = Remote::open(&remote_settings(&root, &options.remote)?)?;
-        if let Some(remote) = remote.as_ref().filter(|r| r.required) {
-            remote.probe()?;
-        }
+        let (store, remote) = open_stores(options, &start, &root)?;
         let mut locks = Vec::new();
         for pipeline in &ws.pipelines {
             let file = pipeline.lock_file();

@@ -145,6 +145,11 @@ impl Store {
                 ),
             });
         }
+        self.persist_blob(tmp, hash)
+    }
+
+    /// Moves a verified temporary file into place as the blob `hash`.
+    fn persist_blob(&self, tmp: tempfile::NamedTempFile, hash: &Digest) -> Result<(), StoreError> {
         let dest = self.blob_path(hash);
         fs::create_dir_all(dest.parent().expect("blob paths have a parent"))
             .map_err(io_err(&dest))?;
@@ -165,14 +170,7 @@ impl Store {
         }
         let mut tmp = self.temp_file()?;
         tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
-        let dest = self.blob_path(hash);
-        fs::create_dir_all(dest.parent().expect("blob paths have a parent"))
-            .map_err(io_err(&dest))?;
-        tmp.persist(&dest).map_err(|e| StoreError::Io {
-            path: dest.display().to_string(),
-            source: e.error,
-        })?;
-        Ok(())
+        self.persist_blob(tmp, hash)
     }
 
     /// The bytes of a blob, verified; `None` when it is absent or corrupt.

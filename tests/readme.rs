@@ -33,16 +33,18 @@ fn code_blocks(markdown: &str) -> Vec<(String, String)> {
     blocks
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
+/// A newcomer's git: a name and address, no configuration of this machine's.
+fn as_newcomer(cmd: &mut Command) -> &mut Command {
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_AUTHOR_NAME", "A Newcomer")
         .env("GIT_AUTHOR_EMAIL", "newcomer@example.com")
         .env("GIT_COMMITTER_NAME", "A Newcomer")
         .env("GIT_COMMITTER_EMAIL", "newcomer@example.com")
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = as_newcomer(Command::new("git").current_dir(dir).args(args))
         .output()
         .expect("git");
     assert!(
@@ -52,19 +54,13 @@ fn git(dir: &Path, args: &[&str]) {
     );
 }
 
-/// The repository's files as a fresh clone has them (tracked and not ignored), committed to a new
+/// The repository's tracked files as they are in the working tree, committed to a new
 /// repository, so the README's `git` commands work on what is being tested.
 fn fresh_clone() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let listed = Command::new("git")
         .current_dir(REPO)
-        .args([
-            "ls-files",
-            "-z",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-        ])
+        .args(["ls-files", "-z", "--cached"])
         .output()
         .expect("git ls-files");
     assert!(listed.status.success(), "the repository is a git checkout");
@@ -105,21 +101,17 @@ fn the_readme_walkthrough_runs_as_written() {
         if info != "sh" {
             continue;
         }
-        let out = Command::new("bash")
-            .current_dir(clone.path())
-            .args(["-euo", "pipefail", "-c", &format!("exec 2>&1\n{script}")])
-            .env("PATH", &path)
-            .env("NO_COLOR", "1")
-            .env_remove("EDGEBUILD_CACHE_DIR")
-            .env_remove("EDGEBUILD_REMOTE")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_AUTHOR_NAME", "A Newcomer")
-            .env("GIT_AUTHOR_EMAIL", "newcomer@example.com")
-            .env("GIT_COMMITTER_NAME", "A Newcomer")
-            .env("GIT_COMMITTER_EMAIL", "newcomer@example.com")
-            .output()
-            .expect("bash");
+        let out = as_newcomer(
+            Command::new("bash")
+                .current_dir(clone.path())
+                .args(["-euo", "pipefail", "-c", &format!("exec 2>&1\n{script}")])
+                .env("PATH", &path)
+                .env("NO_COLOR", "1")
+                .env_remove("EDGEBUILD_CACHE_DIR")
+                .env_remove("EDGEBUILD_REMOTE"),
+        )
+        .output()
+        .expect("bash");
         let output = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
