@@ -70,6 +70,10 @@ pub enum Command {
         /// Print the result of every stage as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Run `cmd` stages in a sandbox that holds only their declared inputs (bubblewrap where
+        /// installed: the system read-only, no workspace, no network): an undeclared input fails.
+        #[arg(long)]
+        sandbox: bool,
         /// Write a JUnit XML report (every gate check and every stage a test case) to FILE.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
@@ -321,6 +325,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             junit,
             summary,
             variation_env,
+            sandbox,
         } => {
             let ctx = Context::open(&options, Access::Write)?;
             let selected = ctx.select(&targets)?;
@@ -332,8 +337,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 &ctx,
                 &selected,
                 BuildOptions { jobs, keep_going },
-                &LocalExecutor {
-                    variation_env: crate::repro::variation_env(&variation_env),
+                &*if sandbox {
+                    Box::new(crate::sandbox::SandboxExecutor::new(
+                        crate::repro::variation_env(&variation_env),
+                    )) as Box<dyn exec::Executor>
+                } else {
+                    Box::new(LocalExecutor {
+                        variation_env: crate::repro::variation_env(&variation_env),
+                    })
                 },
             )
             .map_err(|e| Error::io("lock files", e))?;

@@ -103,6 +103,20 @@ pub fn check(
         profiles(ctx, &mut found);
     }
     pointers(root, &mut found);
+    match crate::sandbox::bubblewrap() {
+        Some(path) => found.push(finding(
+            "sandbox",
+            Level::Ok,
+            format!("bubblewrap at {}: `build --sandbox` and verify-reproducible see the system read-only, without the workspace or network", path.display()),
+            None,
+        )),
+        None => found.push(finding(
+            "sandbox",
+            Level::Warn,
+            "no working bubblewrap: `build --sandbox` uses plain temporary directories, where an absolute path still reaches undeclared files".into(),
+            Some("install it (Debian: `apt-get install bubblewrap`)"),
+        )),
+    }
     if let Ok(ctx) = workspace {
         let all = (0..ctx.ws.pipelines.len()).collect();
         for file in crate::runbook::stale(ctx, &all) {

@@ -84,49 +84,60 @@ fn tail(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Runs a `cmd` stage's command with `sh -c` through `process` (sh itself, or a wrapper such as
+/// bubblewrap whose last arguments are `sh`), with only `PATH`, the variation variables the stage
+/// does not declare, and its declared environment.
+pub(crate) fn run_shell(
+    mut process: Command,
+    job: &Job,
+    variation_env: &[(String, OsString)],
+) -> Result<ExecSuccess, ExecFailure> {
+    let command = job.command.as_deref().unwrap_or_default();
+    let output = process
+        .arg("-c")
+        .arg(command)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(
+            // A variable the stage declares keeps its real value.
+            variation_env
+                .iter()
+                .filter(|(k, _)| !job.stage.env.contains(k))
+                .map(|(k, v)| (k, v)),
+        )
+        .envs(job.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| ExecFailure {
+            message: format!("cannot start {:?}: {e}", process.get_program()),
+            log_tail: Vec::new(),
+            bad_input: false,
+        })?;
+    if output.status.success() {
+        Ok(ExecSuccess {
+            outcome: OpOutcome::Success,
+            log: Vec::new(),
+        })
+    } else {
+        let mut log_tail = tail(&output.stderr);
+        if log_tail.is_empty() {
+            log_tail = tail(&output.stdout);
+        }
+        Err(ExecFailure {
+            message: format!("command failed ({})", output.status),
+            log_tail,
+            bad_input: false,
+        })
+    }
+}
+
 impl Executor for LocalExecutor {
     fn execute(&self, job: &Job) -> Result<ExecSuccess, ExecFailure> {
         match &job.stage.action {
             Action::Cmd(_) => {
-                let command = job.command.as_deref().unwrap_or_default();
                 let mut process = Command::new("sh");
-                let output = process
-                    .arg("-c")
-                    .arg(command)
-                    .current_dir(job.root)
-                    .env_clear()
-                    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                    .envs(
-                        // A variable the stage declares keeps its real value.
-                        self.variation_env
-                            .iter()
-                            .filter(|(k, _)| !job.stage.env.contains(k))
-                            .map(|(k, v)| (k, v)),
-                    )
-                    .envs(job.env.iter().map(|(k, v)| (k, v)))
-                    .stdin(std::process::Stdio::null())
-                    .output()
-                    .map_err(|e| ExecFailure {
-                        message: format!("cannot start sh: {e}"),
-                        log_tail: Vec::new(),
-                        bad_input: false,
-                    })?;
-                if output.status.success() {
-                    Ok(ExecSuccess {
-                        outcome: OpOutcome::Success,
-                        log: Vec::new(),
-                    })
-                } else {
-                    let mut log_tail = tail(&output.stderr);
-                    if log_tail.is_empty() {
-                        log_tail = tail(&output.stdout);
-                    }
-                    Err(ExecFailure {
-                        message: format!("command failed ({})", output.status),
-                        log_tail,
-                        bad_input: false,
-                    })
-                }
+                process.current_dir(job.root);
+                run_shell(process, job, &self.variation_env)
             }
             Action::Op { name, .. } => {
                 let op = crate::ops::find(name).ok_or_else(|| ExecFailure {

@@ -33,6 +33,7 @@ pub mod release;
 pub mod remote;
 pub mod repro;
 pub mod runbook;
+pub mod sandbox;
 pub mod spec;
 pub mod store;
 pub mod subst;

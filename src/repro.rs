@@ -219,7 +219,7 @@ pub(crate) fn child_build(
         .arg("--cache-dir")
         .arg(cache)
         .arg("--no-remote")
-        .args(["build", "--json", "--jobs"])
+        .args(["build", "--json", "--sandbox", "--jobs"])
         .arg(conditions.jobs.to_string())
         .env("RAYON_NUM_THREADS", conditions.threads.to_string())
         .stdin(Stdio::null())

@@ -420,7 +420,8 @@ fn compare_shows_the_size_drop_from_q8_0_to_q4_k() {
 #[test]
 fn toolchain_drift_is_printed_and_told_apart_from_an_untracked_input() {
     // A "compiler" outside the workspace whose version is declared with `tools`.
-    let tool = tempfile::tempdir().unwrap();
+    // Outside /tmp: the sandbox of a verification has a private /tmp; a compiler lives elsewhere.
+    let tool = tempfile::tempdir_in("/var/tmp").unwrap();
     let version = tool.path().join("version");
     std::fs::write(&version, "gen 1.0\n").unwrap();
     let ws = repo(&format!(
