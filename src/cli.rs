@@ -749,7 +749,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             key,
         } => {
             let signing = crate::release::read_signing_key(&key)?;
-            let ctx = Context::open(&options, Access::Read)?;
+            // Exclusive: two releases at once must not take the same number.
+            let ctx = Context::open(&options, Access::Write)?;
             let made = crate::release::release(&ctx, &pipeline, &version, &signing)?;
             eprintln!(
                 "release {} of {pipeline} ({version}): {}",
@@ -767,7 +768,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             artifacts,
         } => {
             let verifying = crate::release::read_verifying_key(&key)?;
-            let bytes = std::fs::read(&manifest).map_err(|e| Error::io(&manifest, e))?;
+            let bytes = std::fs::read(&manifest).map_err(|e| {
+                crate::release::ReleaseError::Rejected(format!("{}: {e}", manifest.display()))
+            })?;
             let signed: crate::release::SignedManifest =
                 serde_json::from_slice(&bytes).map_err(|e| {
                     crate::release::ReleaseError::Rejected(format!("not a manifest: {e}"))

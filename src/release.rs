@@ -379,7 +379,10 @@ pub fn release(
         .rev()
         .find(|m| m.manifest.kind == "release")
         .map(|m| m.manifest.clone());
-    if previous.as_ref().is_some_and(|p| p.version == version) {
+    if made
+        .values()
+        .any(|m| m.manifest.kind == "release" && m.manifest.version == version)
+    {
         return refuse(
             format!("version {version} of {pipeline} was released already"),
             "give a new version",

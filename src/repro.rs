@@ -568,7 +568,7 @@ fn diffs(input: &CompareInput, rows: &[OutputRow]) -> Vec<OutputDiff> {
         };
         let path = input.ctx.root().join(&row.output);
         let diff = if path.is_dir() {
-            Some("(a directory: --keep keeps both trees for a closer look)".to_string())
+            Some(directory_diff(input, &row.output, &path, labels))
         } else {
             let rebuilt_bytes = std::fs::read(&path)
                 .ok()
@@ -590,6 +590,46 @@ fn diffs(input: &CompareInput, rows: &[OutputRow]) -> Vec<OutputDiff> {
         }
     }
     diffs
+}
+
+/// For a directory output: which of its files differ (when the reference files are at hand, as
+/// in variation builds) and the diff of the first text one.
+fn directory_diff(input: &CompareInput, output: &str, dir: &Path, labels: (&str, &str)) -> String {
+    let unknown = Digest::of_bytes(b"");
+    let mut differing = Vec::new();
+    let mut first_diff = None;
+    for entry in walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+    {
+        let inner = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        let rel = format!("{output}/{}", inner.display());
+        let Ok(rebuilt) = std::fs::read(entry.path()) else {
+            continue;
+        };
+        match (input.expected_bytes)(&rel, &unknown) {
+            Some(expected) if expected == rebuilt => {}
+            Some(expected) => {
+                if first_diff.is_none() {
+                    first_diff = text_diff(&expected, &rebuilt, labels)
+                        .map(|d| format!("{}:\n{d}", inner.display()));
+                }
+                differing.push(inner.display().to_string());
+            }
+            None => differing.push(format!("{} (new)", inner.display())),
+        }
+    }
+    if differing.is_empty() {
+        return "(a directory: --keep keeps both trees for a closer look)".into();
+    }
+    let mut text = format!("files that differ: {}", differing.join(", "));
+    if let Some(diff) = first_diff {
+        text.push('\n');
+        text.push_str(&diff);
+    }
+    text
 }
 
 /// Why a stage whose upstream matched wrote different outputs.

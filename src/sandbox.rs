@@ -81,6 +81,23 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Whether `path` (inside `sandbox`) goes through a symlink the stage made: collecting it would
+/// move a file from wherever the link points.
+fn through_symlink(sandbox: &Path, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(sandbox) else {
+        return true;
+    };
+    let mut at = sandbox.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        at.push(part);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Moves an output out of the sandbox into the workspace.
 fn collect(from: &Path, to: &Path) -> std::io::Result<()> {
     if let Some(parent) = to.parent() {
@@ -162,7 +179,13 @@ impl Executor for SandboxExecutor {
             Ok(success) => {
                 for output in &job.stage.outputs {
                     let inside = sandbox.join(&output.path);
-                    if inside.exists() || inside.is_symlink() {
+                    if through_symlink(sandbox, &inside) {
+                        return Err(failure(format!(
+                            "output {} goes through a symlink the stage made: not collected",
+                            output.path
+                        )));
+                    }
+                    if std::fs::symlink_metadata(&inside).is_ok() {
                         collect(&inside, &job.root.join(&output.path)).map_err(|e| {
                             failure(format!(
                                 "cannot collect output {} from the sandbox: {e}",

@@ -126,9 +126,18 @@ fn a_release_is_signed_verified_and_rolled_back_to() {
     // A device on release 2 accepts the rollback (numbered 3), which restores release 1's bytes.
     let out = verify(&ws.file("releases/digits/3.json"), &["--current", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    // The next release is numbered above both; a version is released once.
-    let out = ws.run(&["release", "digits", "--version", "1.1.0", "--key", &private]);
-    assert_eq!(out.status.code(), Some(2));
+    // The next release is numbered above both; a version is released once, even an older one.
+    for version in ["1.1.0", "1.0.0"] {
+        let out = ws.run(&["release", "digits", "--version", version, "--key", &private]);
+        assert_eq!(out.status.code(), Some(2), "{version}");
+        assert!(
+            stderr(&out).contains("was released already"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = ws.run(&["verify-release", "releases/digits/9.json", "--key", &public]);
+    assert_eq!(out.status.code(), Some(2), "a missing manifest is refused");
 
     // The private key is nowhere but its file.
     let secret = std::fs::read_to_string(&private).unwrap();

@@ -676,3 +676,24 @@ fn what_users_read() {
     let diagnostic = &diagnostic[diagnostic.find("edgebuild::verify").unwrap()..];
     insta::assert_snapshot!("edited_lock_stderr", diagnostic);
 }
+
+#[test]
+fn a_differing_directory_output_names_its_files() {
+    let ws = repo(
+        r#"
+version: 1
+stages:
+  bundle:
+    cmd: "mkdir -p out/bundle && cp data/text.txt out/bundle/a.txt && date +%s%N > out/bundle/stamp.txt"
+    inputs: [data/text.txt]
+    outputs: [out/bundle]
+"#,
+    );
+    let v = verify(&ws, &["--vary"], 5);
+    assert_eq!(v["first_divergent"], "p:bundle");
+    let diff = v["diffs"][0]["diff"].as_str().unwrap();
+    assert!(
+        diff.starts_with("files that differ: stamp.txt\nstamp.txt:"),
+        "{diff}"
+    );
+}

@@ -115,3 +115,29 @@ fn verification_builds_in_the_sandbox() {
         "{err}"
     );
 }
+
+#[test]
+fn an_output_through_a_symlink_the_stage_made_is_not_collected() {
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::write(victim.path().join("secret.txt"), "SECRET\n").unwrap();
+    let ws = Workspace::new();
+    ws.pipeline(
+        "p",
+        &format!(
+            "version: 1\nstages:\n  trick:\n    cmd: \"rm -rf out && ln -s {} out\"\n    outputs: [out/secret.txt]\n",
+            victim.path().display()
+        ),
+    );
+    let out = ws.run(&["build", "--sandbox"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("goes through a symlink the stage made"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(victim.path().join("secret.txt")).unwrap(),
+        "SECRET\n",
+        "the file the link points to stays where it is"
+    );
+}
