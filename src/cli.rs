@@ -632,36 +632,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             write,
         } => {
             let ctx = Context::open(&options, Access::Read)?;
-            let chosen: Vec<usize> = if pipelines.is_empty() {
-                (0..ctx.ws.pipelines.len()).collect()
-            } else {
-                pipelines
-                    .iter()
-                    .map(|name| {
-                        let name = name
-                            .trim_start_matches("pipelines/")
-                            .trim_end_matches(".yaml");
-                        ctx.ws
-                            .pipelines
-                            .iter()
-                            .position(|p| p.name == name)
-                            .ok_or_else(|| {
-                                Error::usage(
-                                    format!("no pipeline named `{name}`"),
-                                    Some(format!(
-                                        "pipelines: {}",
-                                        ctx.ws
-                                            .pipelines
-                                            .iter()
-                                            .map(|p| p.name.as_str())
-                                            .collect::<Vec<_>>()
-                                            .join(", ")
-                                    )),
-                                )
-                            })
-                    })
-                    .collect::<Result<_>>()?
-            };
+            let chosen = ctx.pipelines_named(&pipelines)?;
             for i in chosen {
                 let name = &ctx.ws.pipelines[i].name;
                 let markdown = crate::runbook::markdown(&ctx, i);

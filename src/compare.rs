@@ -149,14 +149,7 @@ fn side_metrics(
     if !ws_root.join(crate::spec::PIPELINES_DIR).is_dir() {
         return Ok(Metrics::new());
     }
-    // Versioned inputs outside git: from the working tree, else the remote.
-    if !crate::pointer::find(&ws_root).is_empty() {
-        let workspace = |e: crate::error::Error| VerifyError::Workspace(Box::new(e));
-        let settings =
-            crate::context::remote_settings(root, &Default::default()).map_err(workspace)?;
-        let remote = crate::remote::Remote::open(&settings).map_err(|e| workspace(e.into()))?;
-        crate::pointer::fill_copy(&ws_root, root, remote.as_ref()).map_err(workspace)?;
-    }
+    crate::repro::fill_pointers(&ws_root, root)?;
     let ws = Workspace::load(&ws_root).map_err(|e| VerifyError::BuildFailed {
         what: what.clone(),
         message: format!("its pipelines do not load: {e}"),

@@ -221,11 +221,8 @@ impl Context {
         }
         let mut roots = Vec::new();
         for target in targets {
-            let target = target
-                .trim_end_matches(".yaml")
-                .trim_end_matches(".yml")
-                .trim_start_matches("pipelines/");
-            if let Some(p) = self.ws.pipelines.iter().position(|p| p.name == target) {
+            let target = crate::spec::target_pipeline(target);
+            if let Some(p) = self.ws.pipeline_index(target) {
                 roots.extend(
                     self.ws
                         .stages
@@ -273,6 +270,26 @@ impl Context {
             }
         }
         Ok(self.graph.closure(&roots))
+    }
+
+    /// The pipelines named on the command line (all when none is), as indices.
+    pub fn pipelines_named(&self, names: &[String]) -> Result<Vec<usize>> {
+        if names.is_empty() {
+            return Ok((0..self.ws.pipelines.len()).collect());
+        }
+        names
+            .iter()
+            .map(|name| {
+                self.ws.pipeline_index(name).ok_or_else(|| {
+                    let known: Vec<&str> =
+                        self.ws.pipelines.iter().map(|p| p.name.as_str()).collect();
+                    Error::usage(
+                        format!("no pipeline named `{}`", crate::spec::target_pipeline(name)),
+                        Some(format!("pipelines: {}", known.join(", "))),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Runs a declared tool version command once per process and remembers its output.
@@ -360,20 +377,17 @@ impl Context {
 
 /// Reads the lock file beside every pipeline file, by workspace-relative lock path.
 fn read_locks(root: &Path) -> BTreeMap<String, Result<Option<LockFile>, String>> {
-    let Ok(entries) = std::fs::read_dir(root.join(crate::spec::PIPELINES_DIR)) else {
-        return BTreeMap::new();
-    };
-    entries
-        .filter_map(|entry| {
-            let path = entry.ok()?.path();
-            matches!(path.extension()?.to_str()?, "yaml" | "yml").then_some(())?;
+    crate::spec::pipeline_files(root)
+        .unwrap_or_default()
+        .iter()
+        .map(|path| {
             let file = format!(
                 "{}/{}.lock",
                 crate::spec::PIPELINES_DIR,
-                path.file_stem()?.to_str()?
+                crate::spec::pipeline_name(path)
             );
             let lock = LockFile::read(&root.join(&file));
-            Some((file, lock))
+            (file, lock)
         })
         .collect()
 }

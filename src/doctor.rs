@@ -10,7 +10,6 @@ use std::process::Command;
 use serde::Serialize;
 
 use crate::context::Context;
-use crate::key::StaleReason;
 use crate::spec::Action;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -145,10 +144,7 @@ fn toolchain(ctx: &Context, found: &mut Vec<Finding>) {
     let plans = crate::plan::plan(ctx, &ctx.graph.order);
     for plan in &plans {
         for reason in &plan.reasons {
-            if matches!(
-                reason,
-                StaleReason::ToolChanged { .. } | StaleReason::FingerprintChanged { .. }
-            ) {
+            if reason.is_toolchain() {
                 drift.push(format!("{}: {reason}", plan.stage));
             }
         }

@@ -270,6 +270,17 @@ pub enum StaleReason {
     },
 }
 
+impl StaleReason {
+    /// A change of the toolchain (a tool's version, an op's fingerprint) rather than of the
+    /// stage or its inputs.
+    pub fn is_toolchain(&self) -> bool {
+        matches!(
+            self,
+            StaleReason::ToolChanged { .. } | StaleReason::FingerprintChanged { .. }
+        )
+    }
+}
+
 impl fmt::Display for StaleReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -290,7 +290,7 @@ pub fn release(
     key: &SigningKey,
 ) -> Result<Made, ReleaseError> {
     let refuse = |m: String, help: &str| Err(ReleaseError::Refused(m, Some(help.to_string())));
-    let Some(index) = ctx.ws.pipelines.iter().position(|p| p.name == pipeline) else {
+    let Some(index) = ctx.ws.pipeline_index(pipeline) else {
         return refuse(
             format!("no pipeline named `{pipeline}`"),
             "name a pipeline file stem",

@@ -313,12 +313,19 @@ pub struct OutputRow {
     pub verdict: Verdict,
 }
 
+/// Whether a stage diverged by itself or because a stage upstream did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FindingKind {
+    Root,
+    Cascade,
+}
+
 /// Why a stage is a root cause or part of a cascade.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     pub stage: String,
-    /// `root` or `cascade`.
-    pub kind: &'static str,
+    pub kind: FindingKind,
     /// For a cascade: the root cause it descends from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
@@ -349,7 +356,11 @@ impl Comparison {
     }
 
     fn summary(&self) -> String {
-        let roots = self.findings.iter().filter(|f| f.kind == "root").count();
+        let roots = self
+            .findings
+            .iter()
+            .filter(|f| f.kind == FindingKind::Root)
+            .count();
         let cascade = self.findings.len() - roots;
         let mut text = match &self.first_divergent {
             Some(stage) => format!("first divergent stage {stage}"),
@@ -519,7 +530,7 @@ pub fn compare(input: &CompareInput) -> Comparison {
                     }
                     comparison.findings.push(Finding {
                         stage: id.clone(),
-                        kind: "cascade",
+                        kind: FindingKind::Cascade,
                         from: Some(root.clone()),
                         explanation: format!("downstream of {root}"),
                     });
@@ -528,7 +539,7 @@ pub fn compare(input: &CompareInput) -> Comparison {
                 None => {
                     comparison.findings.push(Finding {
                         stage: id.clone(),
-                        kind: "root",
+                        kind: FindingKind::Root,
                         from: None,
                         explanation,
                     });
@@ -764,20 +775,11 @@ pub struct BuildSummary {
 
 /// Pipeline names present in `root/pipelines` (file stems of `*.yaml`/`*.yml`), sorted.
 fn pipeline_names(root: &Path) -> Result<Vec<String>, VerifyError> {
-    let dir = root.join(PIPELINES_DIR);
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-        let path = entry.map_err(io_err(&dir))?.path();
-        if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
-        {
-            names.push(stem.to_string());
-        }
-    }
-    names.sort();
-    Ok(names)
+    let files = crate::spec::pipeline_files(root).map_err(io_err(&root.join(PIPELINES_DIR)))?;
+    Ok(files
+        .iter()
+        .map(|f| crate::spec::pipeline_name(f))
+        .collect())
 }
 
 /// The pipelines to verify: the ones named (checked to exist), or all of them.
@@ -793,10 +795,7 @@ fn choose_pipelines(
     requested
         .iter()
         .map(|r| {
-            let name = r
-                .trim_start_matches("pipelines/")
-                .trim_end_matches(".yaml")
-                .trim_end_matches(".yml");
+            let name = crate::spec::target_pipeline(r);
             if names.iter().any(|n| n == name) {
                 Ok(name.to_string())
             } else {
@@ -810,28 +809,34 @@ fn choose_pipelines(
         .collect()
 }
 
+/// The lock of every pipeline at `root` that has one; each `chosen` pipeline must have one (the
+/// others may hold stages the chosen ones need).
 fn read_locks(
     root: &Path,
-    pipelines: &[String],
+    chosen: &[String],
     what: &str,
 ) -> Result<Vec<(String, LockFile)>, VerifyError> {
-    pipelines
-        .iter()
-        .map(|name| {
-            let rel = format!("{PIPELINES_DIR}/{name}.lock");
-            match LockFile::read(&root.join(&rel)) {
-                Ok(Some(lock)) => Ok((name.clone(), lock)),
-                Ok(None) => Err(VerifyError::NoLock {
+    let mut locks = Vec::new();
+    for name in pipeline_names(root)? {
+        let rel = format!("{PIPELINES_DIR}/{name}.lock");
+        match LockFile::read(&root.join(&rel)) {
+            Ok(Some(lock)) => locks.push((name, lock)),
+            Ok(None) if chosen.contains(&name) => {
+                return Err(VerifyError::NoLock {
                     what: what.to_string(),
                     lock: rel,
-                }),
-                Err(message) => Err(VerifyError::BadLock {
+                });
+            }
+            Ok(None) => {}
+            Err(message) => {
+                return Err(VerifyError::BadLock {
                     what: format!("{rel} at {what}"),
                     message,
-                }),
+                });
             }
-        })
-        .collect()
+        }
+    }
+    Ok(locks)
 }
 
 /// Deletes every lock file under `root/pipelines`, so that a build there starts from scratch.
@@ -883,7 +888,7 @@ fn rebuilt_locks(ctx: &Context) -> LockedStages {
 
 /// Brings the pointed files of a workspace copy into place: from the user's working tree, else
 /// the user's remote (the one remote read a verification makes, DECISIONS 18).
-fn fill_pointers(
+pub(crate) fn fill_pointers(
     copy: &Path,
     root: &Path,
 ) -> Result<Vec<(String, crate::pointer::Source)>, VerifyError> {
@@ -944,18 +949,7 @@ fn verify_commit_in(
     }
     let pipelines = choose_pipelines(&ws_root, requested, what)?;
     let pulled = fill_pointers(&ws_root, root)?;
-    // The named pipelines must have a lock; others may hold stages they need.
-    read_locks(&ws_root, &pipelines, what)?;
-    let all = pipeline_names(&ws_root)?;
-    let present: Vec<String> = all
-        .into_iter()
-        .filter(|name| {
-            ws_root
-                .join(format!("{PIPELINES_DIR}/{name}.lock"))
-                .is_file()
-        })
-        .collect();
-    let locks = read_locks(&ws_root, &present, what)?;
+    let locks = read_locks(&ws_root, &pipelines, what)?;
     let expected = stages_of(&locks);
     let mut drift = BTreeSet::new();
     for (_, lock) in &locks {
@@ -981,11 +975,7 @@ fn verify_commit_in(
     for (id, reb) in &rebuilt {
         if let Some(exp) = expected.get(id) {
             for reason in crate::key::Ingredients::diff(&exp.ingredients, &reb.ingredients) {
-                if matches!(
-                    reason,
-                    crate::key::StaleReason::ToolChanged { .. }
-                        | crate::key::StaleReason::FingerprintChanged { .. }
-                ) {
+                if reason.is_toolchain() {
                     drift.insert(format!("{id}: {reason}"));
                 }
             }
@@ -1164,15 +1154,15 @@ fn verify_variations_in(
 /// The human rendering: drift, the table, the findings and diffs, the verdict.
 pub fn render(v: &Verification) -> String {
     let mut out = String::new();
-    match (&v.commit, v.mode) {
-        (Some(commit), _) => writeln!(
+    match &v.commit {
+        Some(commit) => writeln!(
             out,
             "Rebuilt {} of commit {} from scratch (private cache, no remote).",
             v.pipelines.join(", "),
             &commit[..12.min(commit.len())]
         )
         .unwrap(),
-        _ => {
+        None => {
             let b = &v.builds[1].conditions;
             writeln!(
                 out,
@@ -1188,7 +1178,7 @@ pub fn render(v: &Verification) -> String {
             .unwrap()
         }
     }
-    if v.mode == "commit" {
+    if v.commit.is_some() {
         if v.drift.is_empty() {
             writeln!(out, "Toolchain: same as the lock.").unwrap();
         } else {
@@ -1199,7 +1189,7 @@ pub fn render(v: &Verification) -> String {
         }
     }
     out.push('\n');
-    let (expected, rebuilt) = if v.mode == "commit" {
+    let (expected, rebuilt) = if v.commit.is_some() {
         ("expected", "rebuilt")
     } else {
         ("build 1", "build 2")
@@ -1255,7 +1245,7 @@ pub fn render(v: &Verification) -> String {
     out.push('\n');
     for finding in &v.comparison.findings {
         match finding.kind {
-            "root" => {
+            FindingKind::Root => {
                 let first = v.comparison.first_divergent.as_deref() == Some(&finding.stage);
                 writeln!(
                     out,
@@ -1278,7 +1268,7 @@ pub fn render(v: &Verification) -> String {
                     }
                 }
             }
-            _ => writeln!(
+            FindingKind::Cascade => writeln!(
                 out,
                 "Cascade: {} differs because {} did",
                 finding.stage,

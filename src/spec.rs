@@ -352,15 +352,7 @@ impl Workspace {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| read_err(&dir, e))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_file()
-                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-            })
-            .collect();
-        files.sort();
+        let files = pipeline_files(root).map_err(|e| read_err(&dir, e))?;
 
         let mut pipelines = Vec::new();
         let mut stages = Vec::new();
@@ -375,11 +367,7 @@ impl Workspace {
             let stamp = std::fs::metadata(&path)
                 .ok()
                 .map(|m| FileStamp::of(&m, text.len()));
-            let name = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
+            let name = pipeline_name(&path);
             let file = format!(
                 "{PIPELINES_DIR}/{}",
                 path.file_name().unwrap_or_default().to_string_lossy()
@@ -476,6 +464,12 @@ impl Workspace {
 
     pub fn source_of(&self, stage: &Stage) -> &Source {
         &self.pipelines[stage.pipeline].source
+    }
+
+    /// The pipeline a command-line target names (see [`target_pipeline`]).
+    pub fn pipeline_index(&self, target: &str) -> Option<usize> {
+        let name = target_pipeline(target);
+        self.pipelines.iter().position(|p| p.name == name)
     }
 
     pub fn stage_index(&self, id: &str) -> Option<usize> {
@@ -1028,6 +1022,35 @@ fn check_not_reserved(path: String) -> Result<String, &'static str> {
     } else {
         Ok(path)
     }
+}
+
+/// The pipeline files of the workspace at `root` (`pipelines/*.yaml` and `*.yml`), sorted.
+pub fn pipeline_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(PIPELINES_DIR))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The pipeline a command-line target names: `digits`, `digits.yaml` or `pipelines/digits.yml`
+/// all name `digits`.
+pub fn target_pipeline(target: &str) -> &str {
+    target
+        .trim_start_matches("pipelines/")
+        .trim_end_matches(".yaml")
+        .trim_end_matches(".yml")
+}
+
+/// A pipeline's name: its file stem.
+pub fn pipeline_name(file: &Path) -> String {
+    file.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Normalizes a workspace-relative path, rejecting anything that leaves the workspace:

@@ -81,90 +81,57 @@ fn init_scaffolds_a_pipeline_that_builds_and_passes_its_gates() {
     assert_eq!(ws.read("pipelines/mnist8.yaml"), before);
 }
 
+/// `init` with the digits files, one flag changed or added.
+fn init_with(flag: &str, value: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "init",
+        "--weights",
+        "model/mlp.safetensors",
+        "--architecture",
+        "model/mlp.yaml",
+        "--calibration",
+        "model/calibration.npz",
+        "--heldout",
+        "model/heldout.npz",
+    ]
+    .map(String::from)
+    .to_vec();
+    match args.iter().position(|a| a == flag) {
+        Some(i) => args[i + 1] = value.to_string(),
+        None => args.extend([flag.to_string(), value.to_string()]),
+    }
+    args
+}
+
 #[test]
 fn init_refuses_bad_answers() {
     let ws = model_files();
-    for (args, needle) in [
+    let cases = [
         (
-            &["init", "--name", "x"][..],
+            vec!["init".to_string(), "--name".into(), "x".into()],
             "init needs --weights, --architecture, --calibration, --heldout",
         ),
         (
-            &[
-                "init",
-                "--weights",
-                "model/nope.safetensors",
-                "--architecture",
-                "model/mlp.yaml",
-                "--calibration",
-                "model/calibration.npz",
-                "--heldout",
-                "model/heldout.npz",
-            ][..],
+            init_with("--weights", "model/nope.safetensors"),
             "weights model/nope.safetensors does not exist",
         ),
         (
-            &[
-                "init",
-                "--weights",
-                "model/mlp.safetensors",
-                "--architecture",
-                "model/mlp.safetensors",
-                "--calibration",
-                "model/calibration.npz",
-                "--heldout",
-                "model/heldout.npz",
-            ][..],
+            init_with("--architecture", "model/mlp.safetensors"),
             "architecture model/mlp.safetensors",
         ),
+        (init_with("--device", "esp32"), "no device profile `esp32`"),
         (
-            &[
-                "init",
-                "--weights",
-                "model/mlp.safetensors",
-                "--architecture",
-                "model/mlp.yaml",
-                "--calibration",
-                "model/calibration.npz",
-                "--heldout",
-                "model/heldout.npz",
-                "--device",
-                "esp32",
-            ][..],
-            "no device profile `esp32`",
-        ),
-        (
-            &[
-                "init",
-                "--weights",
-                "model/mlp.safetensors",
-                "--architecture",
-                "model/mlp.yaml",
-                "--calibration",
-                "model/calibration.npz",
-                "--heldout",
-                "model/heldout.npz",
-                "--type",
-                "q9_z",
-            ][..],
+            init_with("--type", "q9_z"),
             "unknown quantization type `q9_z`",
         ),
         (
-            &[
-                "init",
-                "--weights",
-                "/etc/hostname",
-                "--architecture",
-                "model/mlp.yaml",
-                "--calibration",
-                "model/calibration.npz",
-                "--heldout",
-                "model/heldout.npz",
-            ][..],
+            init_with("--weights", "/etc/hostname"),
             "is outside the workspace",
         ),
-    ] {
-        let out = ws.run(args);
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = ws.run(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
         assert!(!ws.exists("pipelines/model.yaml"));
