@@ -208,6 +208,18 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// The fleet server: `init` a database, `serve` the device and operator API with its
+    /// rollout controller, `enroll` and `revoke` devices.
+    #[command(subcommand)]
+    Fleet(FleetAction),
+    /// Staged rollouts of a signed release to the fleet: start, status, pause, resume, abort,
+    /// rollback. The admin token comes from EDGEBUILD_FLEET_TOKEN.
+    #[command(subcommand)]
+    Rollout(RolloutAction),
+    /// The device side: `simulate` a fleet that speaks the device API and runs the released
+    /// model.
+    #[command(subcommand)]
+    Device(DeviceAction),
     /// Remove cache entries that no lock file in `pipelines/` refers to.
     Gc {
         /// Collect a cache outside the workspace too (it may hold other workspaces' entries).
@@ -228,6 +240,136 @@ pub enum CacheAction {
     Push { targets: Vec<String> },
     /// Download the remote entries of the locked stages into the local cache (verified).
     Pull { targets: Vec<String> },
+}
+
+/// Where the fleet server is.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// The fleet server's URL.
+    #[arg(long, env = crate::fleet::SERVER_ENV, value_name = "URL")]
+    pub server: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetAction {
+    /// Create a fleet database and print its admin token, once (it is stored hashed).
+    Init {
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+    },
+    /// Serve the device and operator API and run the rollout controller until stopped.
+    Serve {
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8470")]
+        listen: std::net::SocketAddr,
+        /// The release public key (PATH.pub from `edgebuild keygen`): manifests not signed
+        /// with it are refused.
+        #[arg(long, value_name = "PATH")]
+        key: PathBuf,
+        /// How often the controller looks at the rollouts.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+        tick: std::time::Duration,
+    },
+    /// Enroll devices; prints `ID TOKEN` per device (give each its token; it is stored hashed).
+    Enroll {
+        #[arg(required = true)]
+        devices: Vec<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke a device: its token opens nothing any more.
+    Revoke {
+        device: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutAction {
+    /// Upload release N of a pipeline (its manifest, its pre-signed rollback and their
+    /// artifacts) and start rolling it out under a policy file.
+    Start {
+        pipeline: String,
+        #[arg(long, value_name = "N")]
+        release: u64,
+        #[arg(long, value_name = "PATH")]
+        policy: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Per stage: devices targeted, confirmed, failed, timed out, and the confidence
+    /// comparison; then the audit log. Without an id: every rollout.
+    Status {
+        id: Option<i64>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Stop targeting more devices (abort conditions are still watched).
+    Pause(RolloutChange),
+    Resume(RolloutChange),
+    /// Stop the rollout and send the devices it reached the pre-signed rollback.
+    Abort(RolloutChange),
+    /// Send the pre-signed rollback to every device of a completed rollout.
+    Rollback(RolloutChange),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RolloutChange {
+    pub id: i64,
+    /// Why, for the audit log.
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceAction {
+    /// Simulate N devices: poll, verify signature and hashes, install, run the released GGUF on
+    /// held-out inputs for the health check and the confidence telemetry, report.
+    Simulate {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long, default_value_t = 10)]
+        devices: usize,
+        #[arg(long, default_value = "digits")]
+        pipeline: String,
+        /// The release public key devices trust.
+        #[arg(long, value_name = "PATH")]
+        key: PathBuf,
+        /// Held-out inputs (npz or csv).
+        #[arg(long, value_name = "PATH")]
+        data: PathBuf,
+        #[arg(long, default_value_t = 32)]
+        samples_per_device: usize,
+        /// Share (0..1) of devices whose install fails.
+        #[arg(long, default_value_t = 0.0)]
+        fail_install: f64,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
+        poll: std::time::Duration,
+        /// The devices' ids, tokens and releases, kept between runs (mode 0600).
+        #[arg(long, value_name = "PATH", default_value = "fleet-sim.json")]
+        state: PathBuf,
+        /// Keep polling until the newest rollout is over and every device runs its
+        /// assignment (needs the admin token); without it, stop at the first quiet round.
+        #[arg(long)]
+        until_settled: bool,
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    crate::fleet::parse_duration(text)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -846,6 +988,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::Ok)
         }
+        Command::Fleet(action) => run_fleet(action),
+        Command::Rollout(action) => run_rollout(action, &options),
+        Command::Device(action) => run_device(action),
         Command::Gc { force } => {
             let ctx = Context::open(&options, Access::Write)?;
             let private = ctx.store.dir().starts_with(ctx.root());
@@ -872,6 +1017,250 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 keep.len(),
                 if keep.len() == 1 { "y" } else { "ies" },
             );
+            Ok(ExitCode::Ok)
+        }
+    }
+}
+
+fn admin_token() -> Option<String> {
+    std::env::var(crate::fleet::TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+fn fleet_client(server: &ServerArgs) -> Result<crate::fleet::client::Client> {
+    let token = admin_token().ok_or_else(|| {
+        Error::usage(
+            format!("no admin token: set {}", crate::fleet::TOKEN_ENV),
+            Some("`edgebuild fleet init` printed it when it made the database".into()),
+        )
+    })?;
+    Ok(crate::fleet::client::Client::new(&server.server, &token)?)
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    Ok(runtime.block_on(future))
+}
+
+fn run_fleet(action: FleetAction) -> Result<ExitCode> {
+    use crate::fleet::store::{FleetStore, SqliteStore};
+    match action {
+        FleetAction::Init { db } => {
+            if db.exists() {
+                return Err(Error::usage(
+                    format!("{} exists", db.display()),
+                    Some("a fleet database is made once; serve it with `edgebuild fleet serve`".into()),
+                ));
+            }
+            let store = SqliteStore::open(&db, true)?;
+            let token = store.init_admin()?;
+            eprintln!(
+                "made {}; its admin token follows (shown once, stored hashed): give it to operators as {}",
+                db.display(),
+                crate::fleet::TOKEN_ENV
+            );
+            println!("{token}");
+            Ok(ExitCode::Ok)
+        }
+        FleetAction::Serve {
+            db,
+            listen,
+            key,
+            tick,
+        } => {
+            let key = crate::release::read_verifying_key(&key)?;
+            let store = std::sync::Arc::new(SqliteStore::open(&db, false)?);
+            crate::fleet::server::serve(store, key, listen, tick)?;
+            Ok(ExitCode::Ok)
+        }
+        FleetAction::Enroll { devices, server } => {
+            let client = fleet_client(&server)?;
+            #[derive(serde::Deserialize)]
+            struct Tokens {
+                tokens: std::collections::BTreeMap<String, String>,
+            }
+            let answer: Tokens = block_on(
+                client.post("/v1/admin/devices", &serde_json::json!({ "devices": devices })),
+            )??;
+            for device in &devices {
+                println!("{device} {}", answer.tokens[device]);
+            }
+            Ok(ExitCode::Ok)
+        }
+        FleetAction::Revoke { device, server } => {
+            let client = fleet_client(&server)?;
+            block_on(client.send(
+                reqwest::Method::DELETE,
+                &format!("/v1/admin/devices/{device}"),
+                None,
+            ))??;
+            eprintln!("revoked {device}");
+            Ok(ExitCode::Ok)
+        }
+    }
+}
+
+fn print_status(status: &crate::fleet::RolloutStatus, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(status).expect("statuses serialize")
+        );
+    } else {
+        print!("{}", crate::fleet::render_status(status));
+    }
+}
+
+fn run_rollout(action: RolloutAction, options: &Options) -> Result<ExitCode> {
+    use crate::fleet::RolloutStatus;
+    match action {
+        RolloutAction::Start {
+            pipeline,
+            release,
+            policy,
+            server,
+        } => {
+            let policy_text = std::fs::read_to_string(&policy).map_err(|e| Error::io(&policy, e))?;
+            // Checked here for a diagnostic on the file; the server checks again.
+            crate::fleet::policy::parse(&policy.display().to_string(), &policy_text)?;
+            let client = fleet_client(&server)?;
+            let ctx = Context::open(options, Access::Read)?;
+            let made = crate::release::existing(ctx.root(), &pipeline)?;
+            let Some(manifest) = made.get(&release).cloned() else {
+                return Err(Error::usage(
+                    format!("no release {release} of {pipeline} in releases/{pipeline}/"),
+                    Some(format!("make one with `edgebuild release {pipeline} --version V --key PATH`")),
+                ));
+            };
+            let rollback = made
+                .get(&(release + 1))
+                .filter(|m| m.manifest.kind == "rollback")
+                .cloned();
+            let mut uploaded = 0;
+            for artifact in manifest
+                .manifest
+                .artifacts
+                .iter()
+                .chain(rollback.iter().flat_map(|r| &r.manifest.artifacts))
+            {
+                let bytes = ctx.store.blob_bytes(&artifact.sha256).ok_or_else(|| {
+                    Error::usage(
+                        format!(
+                            "artifact {} ({}) is not in the cache",
+                            artifact.name,
+                            artifact.sha256.short()
+                        ),
+                        Some("build the release's commit (or `edgebuild cache pull`) first".into()),
+                    )
+                })?;
+                if block_on(client.upload_artifact(&artifact.sha256.hex(), bytes))?? {
+                    uploaded += 1;
+                }
+            }
+            let request = crate::fleet::StartRollout {
+                manifest,
+                rollback,
+                policy: policy_text,
+            };
+            #[derive(serde::Deserialize)]
+            struct Started {
+                id: i64,
+            }
+            let started: Started = block_on(client.post("/v1/admin/rollouts", &request))??;
+            eprintln!("uploaded {uploaded} artifact(s)");
+            println!("rollout {} of {pipeline} release {release} started", started.id);
+            Ok(ExitCode::Ok)
+        }
+        RolloutAction::Status { id, json, server } => {
+            let client = fleet_client(&server)?;
+            match id {
+                Some(id) => {
+                    let status: Option<RolloutStatus> =
+                        block_on(client.get(&format!("/v1/admin/rollouts/{id}")))??;
+                    print_status(&status.expect("a status has a body"), json);
+                }
+                None => {
+                    let all: Option<Vec<RolloutStatus>> =
+                        block_on(client.get("/v1/admin/rollouts"))??;
+                    let all = all.unwrap_or_default();
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&all).expect("statuses serialize"));
+                    } else if all.is_empty() {
+                        println!("no rollouts");
+                    } else {
+                        for status in &all {
+                            print!("{}", crate::fleet::render_status(status));
+                        }
+                    }
+                }
+            }
+            Ok(ExitCode::Ok)
+        }
+        RolloutAction::Pause(change) => rollout_change("pause", change),
+        RolloutAction::Resume(change) => rollout_change("resume", change),
+        RolloutAction::Abort(change) => rollout_change("abort", change),
+        RolloutAction::Rollback(change) => rollout_change("rollback", change),
+    }
+}
+
+fn rollout_change(action: &str, change: RolloutChange) -> Result<ExitCode> {
+    let client = fleet_client(&change.server)?;
+    let status: crate::fleet::RolloutStatus = block_on(client.post(
+        &format!("/v1/admin/rollouts/{}/{action}", change.id),
+        &serde_json::json!({ "reason": change.reason }),
+    ))??;
+    print_status(&status, false);
+    Ok(ExitCode::Ok)
+}
+
+fn run_device(action: DeviceAction) -> Result<ExitCode> {
+    match action {
+        DeviceAction::Simulate {
+            server,
+            devices,
+            pipeline,
+            key,
+            data,
+            samples_per_device,
+            fail_install,
+            concurrency,
+            poll,
+            state,
+            until_settled,
+            timeout,
+            json,
+        } => {
+            if !(0.0..=1.0).contains(&fail_install) {
+                return Err(Error::usage(
+                    format!("--fail-install {fail_install} is not a share between 0 and 1"),
+                    None,
+                ));
+            }
+            let key = crate::release::read_verifying_key(&key)?;
+            let summary = crate::fleet::simulate::simulate(crate::fleet::simulate::SimulateOptions {
+                server: server.server,
+                admin_token: admin_token(),
+                pipeline,
+                devices,
+                key,
+                data,
+                samples_per_device,
+                fail_install,
+                concurrency,
+                poll,
+                state,
+                until_settled,
+                timeout,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary).expect("summaries serialize"));
+            } else {
+                print!("{}", crate::fleet::simulate::render(&summary));
+            }
             Ok(ExitCode::Ok)
         }
     }

@@ -49,6 +49,10 @@ pub enum Error {
     #[diagnostic(transparent)]
     Release(#[from] crate::release::ReleaseError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
+
     #[error("{message}")]
     #[diagnostic(code(edgebuild::usage))]
     Usage {
@@ -101,6 +105,7 @@ impl Error {
             Error::Remote(_) => ExitCode::BadInput,
             Error::Release(crate::release::ReleaseError::Io { .. }) => ExitCode::StageFailed,
             Error::Release(_) => ExitCode::BadInput,
+            Error::Fleet(e) => e.exit_code(),
         }
     }
 

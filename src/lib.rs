@@ -18,6 +18,7 @@ pub mod data;
 pub mod doctor;
 pub mod error;
 pub mod exec;
+pub mod fleet;
 pub mod git;
 pub mod graph;
 pub mod hash;

@@ -129,6 +129,16 @@ impl SignedManifest {
         current: Option<u64>,
         artifact_bytes: &dyn Fn(&Artifact) -> Option<Vec<u8>>,
     ) -> Result<(), ReleaseError> {
+        self.verify_signature(key, current)?;
+        self.verify_artifacts(artifact_bytes)
+    }
+
+    /// The checks before downloading anything: format, signature, number above `current`.
+    pub fn verify_signature(
+        &self,
+        key: &VerifyingKey,
+        current: Option<u64>,
+    ) -> Result<(), ReleaseError> {
         let reject = |m: String| Err(ReleaseError::Rejected(m));
         if self.manifest.format != FORMAT {
             return reject(format!("unknown format `{}`", self.manifest.format));
@@ -154,6 +164,15 @@ impl SignedManifest {
                 self.manifest.release
             ));
         }
+        Ok(())
+    }
+
+    /// Each artifact's size and SHA-256, from `artifact_bytes` by name.
+    pub fn verify_artifacts(
+        &self,
+        artifact_bytes: &dyn Fn(&Artifact) -> Option<Vec<u8>>,
+    ) -> Result<(), ReleaseError> {
+        let reject = |m: String| Err(ReleaseError::Rejected(m));
         for artifact in &self.manifest.artifacts {
             let Some(bytes) = artifact_bytes(artifact) else {
                 return reject(format!("artifact {} is missing", artifact.name));

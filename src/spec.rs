@@ -171,7 +171,7 @@ impl Source {
     }
 }
 
-fn span_of<T>(spanned: &Spanned<T>) -> SourceSpan {
+pub(crate) fn span_of<T>(spanned: &Spanned<T>) -> SourceSpan {
     let span = spanned.referenced.span();
     let offset = span.byte_offset().unwrap_or(span.offset()) as usize;
     let len = span.byte_len().unwrap_or(span.len()) as usize;
@@ -745,7 +745,12 @@ fn parse_pipeline(
     Ok((raw.description, (stages, errors)))
 }
 
-fn yaml_error(source: &Source, err: &serde_saphyr::Error) -> SpecError {
+pub(crate) fn yaml_error(source: &Source, err: &serde_saphyr::Error) -> SpecError {
+    yaml_error_in(source, err, "pipeline file")
+}
+
+/// A YAML error in a `what` (pipeline file, rollout policy), pointing at its place.
+pub(crate) fn yaml_error_in(source: &Source, err: &serde_saphyr::Error, what: &str) -> SpecError {
     let span = err
         .location()
         .map(|loc| {
@@ -782,7 +787,7 @@ fn yaml_error(source: &Source, err: &serde_saphyr::Error) -> SpecError {
                 Some(at) => text[..at].to_string(),
                 None => text,
             };
-            (format!("invalid pipeline file: {text}"), None)
+            (format!("invalid {what}: {text}"), None)
         }
     };
     SpecError::Yaml {

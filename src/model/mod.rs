@@ -634,6 +634,16 @@ pub struct QuantModel {
 
 impl QuantModel {
     pub fn load(path: &Path) -> Result<QuantModel, String> {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::read(file, &path.display().to_string())
+    }
+
+    /// Reads a GGUF from any seekable reader (a file, or bytes in memory); `name` is how errors
+    /// call it.
+    pub fn read(
+        mut file: impl std::io::Read + std::io::Seek,
+        name: &str,
+    ) -> Result<QuantModel, String> {
         for var in ["CANDLE_DEQUANTIZE_ALL", "CANDLE_DEQUANTIZE_ALL_F16"] {
             if std::env::var_os(var).is_some() {
                 return Err(format!(
@@ -641,28 +651,27 @@ impl QuantModel {
                 ));
             }
         }
-        let err = |e: candle_core::Error| format!("{}: {e}", path.display());
-        let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let err = |e: candle_core::Error| format!("{name}: {e}");
         let content = gguf_file::Content::read(&mut file).map_err(err)?;
         let text = match content.metadata.get(gguf_keys::MODEL) {
             Some(gguf_file::Value::String(s)) => s.clone(),
             _ => {
                 return Err(format!(
                     "{}: not an edgebuild model (no `{}` metadata)",
-                    path.display(),
+                    name,
                     gguf_keys::MODEL
                 ));
             }
         };
         let arch: Architecture =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
         let mut matmuls = BTreeMap::new();
         let mut tensors = BTreeMap::new();
         let mut types = BTreeMap::new();
         for spec in arch.tensor_specs()? {
             let q: QTensor = content
                 .tensor(&mut file, &spec.name, &Device::Cpu)
-                .map_err(|e| format!("{}: tensor `{}`: {e}", path.display(), spec.name))?;
+                .map_err(|e| format!("{name}: tensor `{}`: {e}", spec.name))?;
             types.insert(spec.name.clone(), type_name(q.dtype()).to_string());
             if spec.matmul {
                 matmuls.insert(spec.name.clone(), QMatMul::from_qtensor(q).map_err(err)?);
