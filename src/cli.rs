@@ -1053,7 +1053,10 @@ fn run_fleet(action: FleetAction) -> Result<ExitCode> {
             if db.exists() {
                 return Err(Error::usage(
                     format!("{} exists", db.display()),
-                    Some("a fleet database is made once; serve it with `edgebuild fleet serve`".into()),
+                    Some(
+                        "a fleet database is made once; serve it with `edgebuild fleet serve`"
+                            .into(),
+                    ),
                 ));
             }
             let store = SqliteStore::open(&db, true)?;
@@ -1083,9 +1086,10 @@ fn run_fleet(action: FleetAction) -> Result<ExitCode> {
             struct Tokens {
                 tokens: std::collections::BTreeMap<String, String>,
             }
-            let answer: Tokens = block_on(
-                client.post("/v1/admin/devices", &serde_json::json!({ "devices": devices })),
-            )??;
+            let answer: Tokens = block_on(client.post(
+                "/v1/admin/devices",
+                &serde_json::json!({ "devices": devices }),
+            ))??;
             for device in &devices {
                 println!("{device} {}", answer.tokens[device]);
             }
@@ -1124,7 +1128,8 @@ fn run_rollout(action: RolloutAction, options: &Options) -> Result<ExitCode> {
             policy,
             server,
         } => {
-            let policy_text = std::fs::read_to_string(&policy).map_err(|e| Error::io(&policy, e))?;
+            let policy_text =
+                std::fs::read_to_string(&policy).map_err(|e| Error::io(&policy, e))?;
             // Checked here for a diagnostic on the file; the server checks again.
             crate::fleet::policy::parse(&policy.display().to_string(), &policy_text)?;
             let client = fleet_client(&server)?;
@@ -1133,7 +1138,9 @@ fn run_rollout(action: RolloutAction, options: &Options) -> Result<ExitCode> {
             let Some(manifest) = made.get(&release).cloned() else {
                 return Err(Error::usage(
                     format!("no release {release} of {pipeline} in releases/{pipeline}/"),
-                    Some(format!("make one with `edgebuild release {pipeline} --version V --key PATH`")),
+                    Some(format!(
+                        "make one with `edgebuild release {pipeline} --version V --key PATH`"
+                    )),
                 ));
             };
             let rollback = made
@@ -1172,7 +1179,10 @@ fn run_rollout(action: RolloutAction, options: &Options) -> Result<ExitCode> {
             }
             let started: Started = block_on(client.post("/v1/admin/rollouts", &request))??;
             eprintln!("uploaded {uploaded} artifact(s)");
-            println!("rollout {} of {pipeline} release {release} started", started.id);
+            println!(
+                "rollout {} of {pipeline} release {release} started",
+                started.id
+            );
             Ok(ExitCode::Ok)
         }
         RolloutAction::Status { id, json, server } => {
@@ -1188,7 +1198,10 @@ fn run_rollout(action: RolloutAction, options: &Options) -> Result<ExitCode> {
                         block_on(client.get("/v1/admin/rollouts"))??;
                     let all = all.unwrap_or_default();
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&all).expect("statuses serialize"));
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&all).expect("statuses serialize")
+                        );
                     } else if all.is_empty() {
                         println!("no rollouts");
                     } else {
@@ -1241,23 +1254,27 @@ fn run_device(action: DeviceAction) -> Result<ExitCode> {
                 ));
             }
             let key = crate::release::read_verifying_key(&key)?;
-            let summary = crate::fleet::simulate::simulate(crate::fleet::simulate::SimulateOptions {
-                server: server.server,
-                admin_token: admin_token(),
-                pipeline,
-                devices,
-                key,
-                data,
-                samples_per_device,
-                fail_install,
-                concurrency,
-                poll,
-                state,
-                until_settled,
-                timeout,
-            })?;
+            let summary =
+                crate::fleet::simulate::simulate(crate::fleet::simulate::SimulateOptions {
+                    server: server.server,
+                    admin_token: admin_token(),
+                    pipeline,
+                    devices,
+                    key,
+                    data,
+                    samples_per_device,
+                    fail_install,
+                    concurrency,
+                    poll,
+                    state,
+                    until_settled,
+                    timeout,
+                })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&summary).expect("summaries serialize"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).expect("summaries serialize")
+                );
             } else {
                 print!("{}", crate::fleet::simulate::render(&summary));
             }

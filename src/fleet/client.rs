@@ -18,7 +18,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,10 +83,13 @@ impl Client {
             message: without_url(&e),
         })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| FleetError::Unreachable {
-            url: self.base.clone(),
-            message: without_url(&e),
-        })?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| FleetError::Unreachable {
+                url: self.base.clone(),
+                message: without_url(&e),
+            })?;
         if status == StatusCode::NO_CONTENT {
             return Ok(None);
         }
@@ -182,7 +187,9 @@ impl WithoutUrl for reqwest::Error {
     fn without_url_ref(&self) -> String {
         let text = self.to_string();
         match self.url() {
-            Some(url) => text.replace(&format!(" ({url})"), "").replace(url.as_str(), "URL"),
+            Some(url) => text
+                .replace(&format!(" ({url})"), "")
+                .replace(url.as_str(), "URL"),
             None => text,
         }
     }

@@ -166,7 +166,15 @@ pub fn stop(
             format!("{reason}; no rollback manifest (a first release): devices keep what they run"),
         ),
     };
-    store.transition(rollout.id, rollout.state, to, rollout.stage, now, "abort", &reason)
+    store.transition(
+        rollout.id,
+        rollout.state,
+        to,
+        rollout.stage,
+        now,
+        "abort",
+        &reason,
+    )
 }
 
 /// One pass of the controller over every active rollout.
@@ -320,11 +328,17 @@ mod tests {
     #[test]
     fn soak_then_every_device_accounted_for_then_advance() {
         let confirmed = || target(Some(DeviceState::Confirmed), Some((0.98, 0.978)));
-        let mut targets = vec![confirmed(), confirmed(), target(Some(DeviceState::Installed), None)];
+        let mut targets = vec![
+            confirmed(),
+            confirmed(),
+            target(Some(DeviceState::Installed), None),
+        ];
         assert!(matches!(decide_at(&targets, 500), Decision::Wait(w) if w.contains("soaking")));
         assert!(matches!(decide_at(&targets, 2000), Decision::Wait(w) if w.contains("1 device")));
         targets[2] = confirmed();
-        assert!(matches!(decide_at(&targets, 2000), Decision::Advance(r) if r.contains("3 confirmed")));
+        assert!(
+            matches!(decide_at(&targets, 2000), Decision::Advance(r) if r.contains("3 confirmed"))
+        );
     }
 
     #[test]
@@ -332,15 +346,27 @@ mod tests {
         let failed = || target(Some(DeviceState::Failed), None);
         let ok = || target(Some(DeviceState::Confirmed), None);
         // 2 of 3 failed, but fewer than min_reports (4) reported: not judged yet.
-        assert!(matches!(decide_at(&[failed(), failed(), ok()], 2000), Decision::Advance(_)));
+        assert!(matches!(
+            decide_at(&[failed(), failed(), ok()], 2000),
+            Decision::Advance(_)
+        ));
         let d = decide_at(&[failed(), failed(), ok(), ok()], 2000);
-        assert!(matches!(&d, Decision::Abort(r) if r.contains("failure rate 50.0%")), "{d:?}");
+        assert!(
+            matches!(&d, Decision::Abort(r) if r.contains("failure rate 50.0%")),
+            "{d:?}"
+        );
         // Silent devices count as failed once their time is up.
         let silent = || target(None, None);
         let d = decide_at(&[silent(), ok(), ok(), ok()], 20_000);
-        assert!(matches!(&d, Decision::Wait(_)), "{d:?}: 1 of 4 is 25%, not above");
+        assert!(
+            matches!(&d, Decision::Wait(_)),
+            "{d:?}: 1 of 4 is 25%, not above"
+        );
         let d = decide_at(&[silent(), silent(), ok(), ok()], 20_000);
-        assert!(matches!(&d, Decision::Abort(r) if r.contains("2 timed out")), "{d:?}");
+        assert!(
+            matches!(&d, Decision::Abort(r) if r.contains("2 timed out")),
+            "{d:?}"
+        );
     }
 
     #[test]

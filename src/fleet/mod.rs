@@ -346,7 +346,11 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "m" => value * 60.0,
         "h" => value * 3600.0,
         "d" => value * 86400.0,
-        other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use ms, s, m, h or d)"
+            ));
+        }
     };
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("`{text}` is not a duration"));
@@ -370,7 +374,11 @@ mod tests {
         assert!((900..=1100).contains(&share(10.0)), "{}", share(10.0));
         assert!((4800..=5200).contains(&share(50.0)), "{}", share(50.0));
         assert_eq!(share(100.0), 10_000);
-        assert!(buckets.iter().all(|&b| !in_share(b, 1.0) || in_share(b, 10.0)));
+        assert!(
+            buckets
+                .iter()
+                .all(|&b| !in_share(b, 1.0) || in_share(b, 10.0))
+        );
         // Another rollout picks other devices first.
         let other: Vec<bool> = (0..10_000)
             .map(|i| in_share(cohort_bucket(2, &format!("dev-{i}")), 10.0))
@@ -390,7 +398,11 @@ mod tests {
         assert_eq!(parse_duration("10m").unwrap().as_secs(), 600);
         assert_eq!(parse_duration("1.5h").unwrap().as_secs(), 5400);
         assert_eq!(parse_duration("5").unwrap().as_secs(), 5);
-        assert!(parse_duration("5 weeks").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("5 weeks")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_duration("soon").is_err());
     }
 }

@@ -115,7 +115,13 @@ pub fn parse(name: &str, text: &str) -> Result<Policy, SpecError> {
         previous = percent.value;
         stages.push(StagePolicy {
             percent: percent.value,
-            soak_ms: stage.value.soak.as_ref().map(duration).transpose()?.unwrap_or(0),
+            soak_ms: stage
+                .value
+                .soak
+                .as_ref()
+                .map(duration)
+                .transpose()?
+                .unwrap_or(0),
         });
     }
     let last = raw.stages.value.last().expect("not empty");
@@ -199,12 +205,24 @@ mod tests {
     #[test]
     fn bad_policies_name_the_problem() {
         let cases = [
-            (GOOD.replace("percent: 10,", "percent: 0.5,"), "must be above the previous"),
+            (
+                GOOD.replace("percent: 10,", "percent: 0.5,"),
+                "must be above the previous",
+            ),
             (GOOD.replace("percent: 100", "percent: 90"), "not 100%"),
-            (GOOD.replace("max_failure_rate: 0.05", "max_failure_rate: 5"), "outside 0..1"),
+            (
+                GOOD.replace("max_failure_rate: 0.05", "max_failure_rate: 5"),
+                "outside 0..1",
+            ),
             (GOOD.replace("30m", "30 fortnights"), "unknown unit"),
-            (GOOD.replace("min_reports: 20", "min_reports: 0"), "at least 1"),
-            (GOOD.replace("min_reports", "min_report"), "unknown key `min_report`"),
+            (
+                GOOD.replace("min_reports: 20", "min_reports: 0"),
+                "at least 1",
+            ),
+            (
+                GOOD.replace("min_reports", "min_report"),
+                "unknown key `min_report`",
+            ),
             (GOOD.replace("version: 1", "version: 2"), "version 2"),
         ];
         for (text, expected) in cases {

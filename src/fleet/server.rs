@@ -175,7 +175,11 @@ async fn assignment(
     })
 }
 
-async fn report(State(state): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn report(
+    State(state): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let token = bearer(&headers);
     let report: Report = parse_json(&body)?;
     let recorded = blocking(&state, move |store| {
@@ -227,7 +231,9 @@ async fn artifact(
     })
     .await?;
     match bytes {
-        Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()),
+        Some(bytes) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        }
         None => Err(ApiError(StatusCode::NOT_FOUND, "no such artifact".into())),
     }
 }
@@ -256,11 +262,19 @@ struct Enroll {
     devices: Vec<String>,
 }
 
-async fn enroll(State(state): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn enroll(
+    State(state): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let token = bearer(&headers);
     let request: Enroll = parse_json(&body)?;
     if let Some(bad) = request.devices.iter().find(|d| {
-        d.is_empty() || d.len() > 128 || !d.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        d.is_empty()
+            || d.len() > 128
+            || !d
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
     }) {
         return Err(bad_request(format!(
             "device id `{bad}`: use 1 to 128 letters, digits, `-`, `_`, `.` or `:`"
@@ -300,14 +314,22 @@ fn check_manifest(
     signed: &SignedManifest,
 ) -> Result<(), FleetError> {
     let blobs = |a: &crate::release::Artifact| store.blob(&a.sha256.hex()).ok().flatten();
-    signed.verify(key, None, &blobs).map_err(|e| FleetError::Refused {
-        status: 400,
-        message: format!("release {}: {e}", signed.manifest.release),
-        help: Some("upload the artifacts first, and sign with the key the server trusts".into()),
-    })
+    signed
+        .verify(key, None, &blobs)
+        .map_err(|e| FleetError::Refused {
+            status: 400,
+            message: format!("release {}: {e}", signed.manifest.release),
+            help: Some(
+                "upload the artifacts first, and sign with the key the server trusts".into(),
+            ),
+        })
 }
 
-async fn start(State(state): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn start(
+    State(state): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let token = bearer(&headers);
     let request: StartRollout = parse_json(&body)?;
     let key = state.key;
@@ -338,6 +360,23 @@ async fn start(State(state): Shared, headers: HeaderMap, body: Bytes) -> Result<
                 )));
             }
             check_manifest(store, &key, back)?;
+        }
+        // Rollback protection on the server too: releases only move forward.
+        if let Some(newest) = store
+            .rollouts(Some(&manifest.pipeline))?
+            .iter()
+            .map(|r| r.rollback.unwrap_or(r.release).max(r.release))
+            .max()
+            && manifest.release <= newest
+        {
+            return Err(FleetError::Refused {
+                status: 409,
+                message: format!(
+                    "release {} of {} is not newer than release {newest}, already sent to devices",
+                    manifest.release, manifest.pipeline
+                ),
+                help: Some("devices refuse older releases; to go back, roll back (`edgebuild rollout rollback ID`) or release the old model under a new number".into()),
+            });
         }
         let policy = super::policy::parse("policy", &request.policy)
             .map_err(|e| refuse(format!("rollout policy: {e}")))?;
@@ -513,9 +552,9 @@ pub fn serve(
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| FleetError::Usage(format!("cannot listen on {listen}: {e}"), None))?;
-        let address = listener.local_addr().map_err(|e| {
-            FleetError::Usage(format!("cannot listen on {listen}: {e}"), None)
-        })?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| FleetError::Usage(format!("cannot listen on {listen}: {e}"), None))?;
         println!("edgebuild fleet server listening on http://{address}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -529,15 +568,17 @@ pub fn serve(
             loop {
                 interval.tick().await;
                 let store = store.clone();
-                let result = tokio::task::spawn_blocking(move || controller::tick(&*store, now_ms())).await;
+                let result =
+                    tokio::task::spawn_blocking(move || controller::tick(&*store, now_ms())).await;
                 if let Ok(Err(e)) = result {
                     eprintln!("controller: {e}");
                 }
             }
         });
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("a SIGTERM handler installs");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler installs");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

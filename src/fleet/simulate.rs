@@ -149,7 +149,12 @@ impl Fleet {
             return Ok(model.clone());
         }
         let bytes = self
-            .timed(&device.client, Method::GET, &format!("/v1/artifacts/{}", sha.hex()), None)
+            .timed(
+                &device.client,
+                Method::GET,
+                &format!("/v1/artifacts/{}", sha.hex()),
+                None,
+            )
             .await
             .map_err(|e| e.to_string())?
             .unwrap_or_default();
@@ -162,12 +167,19 @@ impl Fleet {
         .await
         .map_err(|e| e.to_string())??;
         let model = Arc::new(model);
-        self.models.lock().expect("models").insert(sha, model.clone());
+        self.models
+            .lock()
+            .expect("models")
+            .insert(sha, model.clone());
         Ok(model)
     }
 
     /// The health check: the device's samples through the model; the mean top-1 probability.
-    async fn confidence(&self, device: &Device, model: Arc<QuantModel>) -> Result<(u64, f64), String> {
+    async fn confidence(
+        &self,
+        device: &Device,
+        model: Arc<QuantModel>,
+    ) -> Result<(u64, f64), String> {
         let (indices, x) = {
             let mut data = self.data.lock().expect("data");
             if data.is_none() {
@@ -186,11 +198,14 @@ impl Fleet {
             let run = || -> candle_core::Result<f64> {
                 let index = Tensor::new(indices.as_slice(), &CandleDevice::Cpu)?;
                 let batch = x.index_select(&index, 0)?;
-                let probabilities = crate::model::probabilities(&model.arch, &model.forward(&batch)?)?;
+                let probabilities =
+                    crate::model::probabilities(&model.arch, &model.forward(&batch)?)?;
                 let top1 = probabilities.max(1)?.to_vec1::<f32>()?;
                 Ok(top1.iter().map(|&p| p as f64).sum::<f64>() / top1.len() as f64)
             };
-            run().map(|c| (indices.len() as u64, c)).map_err(|e| e.to_string())
+            run()
+                .map(|c| (indices.len() as u64, c))
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())?
@@ -210,12 +225,18 @@ impl Fleet {
                 continue;
             }
             let body = body.expect("messages serialize");
-            match self.timed(&device.client, Method::POST, path, Some(body)).await {
+            match self
+                .timed(&device.client, Method::POST, path, Some(body))
+                .await
+            {
                 Ok(_) => self.count(|s| match message {
                     Message::Report(_) => s.reports_acknowledged += 1,
                     Message::Telemetry(_) => s.telemetry_acknowledged += 1,
                 }),
-                Err(FleetError::Unreachable { .. }) | Err(FleetError::Refused { status: 500..=599, .. }) => {
+                Err(FleetError::Unreachable { .. })
+                | Err(FleetError::Refused {
+                    status: 500..=599, ..
+                }) => {
                     self.count(|s| s.retried += 1);
                     ok = false;
                     kept.push(message);
@@ -228,7 +249,13 @@ impl Fleet {
         ok
     }
 
-    fn report(&self, device: &mut Device, release: u64, state: DeviceState, detail: Option<String>) {
+    fn report(
+        &self,
+        device: &mut Device,
+        release: u64,
+        state: DeviceState,
+        detail: Option<String>,
+    ) {
         device.outbox.push(Message::Report(Report {
             pipeline: self.options.pipeline.clone(),
             release,
@@ -307,7 +334,11 @@ impl Fleet {
                     downloaded.insert(artifact.name.clone(), bytes);
                 }
                 Ok(None) | Err(FleetError::Refused { .. }) => {
-                    return self.give_up(device, release, format!("artifact {} is missing", artifact.name));
+                    return self.give_up(
+                        device,
+                        release,
+                        format!("artifact {} is missing", artifact.name),
+                    );
                 }
                 Err(_) => {
                     self.count(|s| s.retried += 1);
@@ -374,7 +405,10 @@ impl Fleet {
 fn load_state(path: &Path) -> Result<StateFile, FleetError> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            FleetError::Usage(format!("{}: not a simulation state file: {e}", path.display()), None)
+            FleetError::Usage(
+                format!("{}: not a simulation state file: {e}", path.display()),
+                None,
+            )
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
         Err(e) => Err(FleetError::Usage(format!("{}: {e}", path.display()), None)),
@@ -411,7 +445,10 @@ pub fn simulate(options: SimulateOptions) -> Result<Summary, FleetError> {
 }
 
 async fn run(options: SimulateOptions) -> Result<Summary, FleetError> {
-    let admin = Client::new(&options.server, options.admin_token.as_deref().unwrap_or(""))?;
+    let admin = Client::new(
+        &options.server,
+        options.admin_token.as_deref().unwrap_or(""),
+    )?;
     let mut state = load_state(&options.state)?;
     if state.devices.len() < options.devices {
         let Some(_) = &options.admin_token else {
@@ -433,7 +470,10 @@ async fn run(options: SimulateOptions) -> Result<Summary, FleetError> {
                 tokens: BTreeMap<String, String>,
             }
             let answer: Tokens = admin
-                .post("/v1/admin/devices", &serde_json::json!({ "devices": chunk }))
+                .post(
+                    "/v1/admin/devices",
+                    &serde_json::json!({ "devices": chunk }),
+                )
                 .await?;
             for id in chunk {
                 state.devices.push(DeviceRecord {
@@ -481,7 +521,11 @@ async fn run(options: SimulateOptions) -> Result<Summary, FleetError> {
         let mut tasks = tokio::task::JoinSet::new();
         for (index, mut device) in devices.drain(..).enumerate() {
             let fleet = fleet.clone();
-            let permit = semaphore.clone().acquire_owned().await.expect("semaphore open");
+            let permit = semaphore
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore open");
             tasks.spawn(async move {
                 let acted = fleet.step(&mut device).await;
                 drop(permit);

@@ -168,9 +168,12 @@ impl SqliteStore {
             ));
         }
         let conn = Connection::open(path).map_err(db_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         Ok(SqliteStore {
             path: name,
@@ -241,7 +244,10 @@ impl FleetStore for SqliteStore {
         if inserted == 0 {
             return Err(FleetError::Usage(
                 format!("{} already has an admin token", self.path),
-                Some("the token was printed when the database was made; it is stored only hashed".into()),
+                Some(
+                    "the token was printed when the database was made; it is stored only hashed"
+                        .into(),
+                ),
             ));
         }
         Ok(token)
@@ -274,7 +280,9 @@ impl FleetStore for SqliteStore {
             let mut taken = Vec::new();
             for id in ids {
                 let exists = tx
-                    .query_row("SELECT 1 FROM devices WHERE id = ?1", params![id], |_| Ok(()))
+                    .query_row("SELECT 1 FROM devices WHERE id = ?1", params![id], |_| {
+                        Ok(())
+                    })
                     .optional()?
                     .is_some();
                 if exists {
@@ -297,7 +305,9 @@ impl FleetStore for SqliteStore {
             return Err(FleetError::Refused {
                 status: 409,
                 message: format!("already enrolled: {}", taken.join(", ")),
-                help: Some("a device is enrolled once; revoke it and enroll it under a new id".into()),
+                help: Some(
+                    "a device is enrolled once; revoke it and enroll it under a new id".into(),
+                ),
             });
         }
         Ok(tokens)
@@ -444,7 +454,8 @@ impl FleetStore for SqliteStore {
         let rows = statement
             .query_map(params![pipeline], |r| self.row_to_rollout(r))
             .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
     }
 
     fn transition(
@@ -606,7 +617,10 @@ impl FleetStore for SqliteStore {
 
     fn stats(&self) -> Result<Stats, FleetError> {
         self.with(|c| {
-            let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64);
+            let count = |sql: &str| {
+                c.query_row(sql, [], |r| r.get::<_, i64>(0))
+                    .map(|n| n as u64)
+            };
             Ok(Stats {
                 devices: count("SELECT COUNT(*) FROM devices")?,
                 revoked: count("SELECT COUNT(*) FROM devices WHERE revoked = 1")?,
@@ -636,7 +650,9 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("f.sqlite"), true).unwrap();
         let tokens = store.enroll(&["d1".into()], 0).unwrap();
         assert_eq!(
-            store.device_for(&super::super::token_hash(&tokens[0].1)).unwrap(),
+            store
+                .device_for(&super::super::token_hash(&tokens[0].1))
+                .unwrap(),
             Some("d1".into())
         );
         assert!(store.enroll(&["d1".into()], 0).is_err(), "enrolled once");
@@ -645,13 +661,31 @@ mod tests {
             "version: 1\nstages: [{percent: 100}]\nabort: {min_reports: 1, max_failure_rate: 0.5, confirm_timeout: 1m, max_confidence_drop: 0.1}\n",
         )
         .unwrap();
-        let id = store.create_rollout("p", 2, None, &policy, 0, "test").unwrap();
-        assert!(store.create_rollout("p", 2, None, &policy, 0, "again").is_err());
+        let id = store
+            .create_rollout("p", 2, None, &policy, 0, "test")
+            .unwrap();
+        assert!(
+            store
+                .create_rollout("p", 2, None, &policy, 0, "again")
+                .is_err()
+        );
         store.add_targets(id, 0, &["d1".into()], 0).unwrap();
         // Confirmed arrives before installed, and twice.
-        assert!(store.record_report("d1", &report(2, DeviceState::Confirmed), 1).unwrap());
-        assert!(!store.record_report("d1", &report(2, DeviceState::Confirmed), 2).unwrap());
-        assert!(store.record_report("d1", &report(2, DeviceState::Installed), 3).unwrap());
+        assert!(
+            store
+                .record_report("d1", &report(2, DeviceState::Confirmed), 1)
+                .unwrap()
+        );
+        assert!(
+            !store
+                .record_report("d1", &report(2, DeviceState::Confirmed), 2)
+                .unwrap()
+        );
+        assert!(
+            store
+                .record_report("d1", &report(2, DeviceState::Installed), 3)
+                .unwrap()
+        );
         let row = store.rollout(id).unwrap().unwrap();
         let targets = store.targets(&row).unwrap();
         assert_eq!(targets[0].state, Some(DeviceState::Confirmed));
@@ -659,7 +693,9 @@ mod tests {
         // A revoked device's token opens nothing.
         assert!(store.revoke("d1").unwrap());
         assert_eq!(
-            store.device_for(&super::super::token_hash(&tokens[0].1)).unwrap(),
+            store
+                .device_for(&super::super::token_hash(&tokens[0].1))
+                .unwrap(),
             None
         );
     }

@@ -663,8 +663,7 @@ impl QuantModel {
                 ));
             }
         };
-        let arch: Architecture =
-            serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
+        let arch: Architecture = serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
         let mut matmuls = BTreeMap::new();
         let mut tensors = BTreeMap::new();
         let mut types = BTreeMap::new();
