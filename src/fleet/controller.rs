@@ -3,7 +3,7 @@
 //! it to every active rollout in the store and records each transition with its reason.
 
 use super::policy::Policy;
-use super::store::{FleetStore, RolloutRow, TargetRow};
+use super::store::{FleetStore, RolloutRow, TargetRow, Transition};
 use super::{DeviceState, FleetError, RolloutState, RolloutStatus, StageStatus};
 use crate::release::SignedManifest;
 
@@ -166,15 +166,15 @@ pub fn stop(
             format!("{reason}; no rollback manifest (a first release): devices keep what they run"),
         ),
     };
-    store.transition(
-        rollout.id,
-        rollout.state,
+    let abort = Transition {
+        id: rollout.id,
+        from: rollout.state,
         to,
-        rollout.stage,
-        now,
-        "abort",
-        &reason,
-    )
+        stage: rollout.stage,
+        event: "abort",
+        reason: &reason,
+    };
+    store.transition(&abort, now)
 }
 
 /// One pass of the controller over every active rollout.
@@ -203,19 +203,20 @@ pub fn tick(store: &dyn FleetStore, now: i64) -> Result<(), FleetError> {
             Decision::Wait(_) => {}
             Decision::Advance(reason) => {
                 let next = rollout.stage + 1;
-                let moved = store.transition(
-                    rollout.id,
-                    RolloutState::Running,
-                    RolloutState::Running,
-                    next,
-                    now,
-                    "advance",
-                    &format!(
-                        "{reason}; stage {} starts ({}%)",
-                        next + 1,
-                        rollout.policy.stages[next].percent
-                    ),
-                )?;
+                let reason = format!(
+                    "{reason}; stage {} starts ({}%)",
+                    next + 1,
+                    rollout.policy.stages[next].percent
+                );
+                let advance = Transition {
+                    id: rollout.id,
+                    from: RolloutState::Running,
+                    to: RolloutState::Running,
+                    stage: next,
+                    event: "advance",
+                    reason: &reason,
+                };
+                let moved = store.transition(&advance, now)?;
                 if moved {
                     let advanced = RolloutRow {
                         stage: next,
@@ -225,15 +226,15 @@ pub fn tick(store: &dyn FleetStore, now: i64) -> Result<(), FleetError> {
                 }
             }
             Decision::Complete(reason) => {
-                store.transition(
-                    rollout.id,
-                    RolloutState::Running,
-                    RolloutState::Completed,
-                    rollout.stage,
-                    now,
-                    "complete",
-                    &reason,
-                )?;
+                let complete = Transition {
+                    id: rollout.id,
+                    from: RolloutState::Running,
+                    to: RolloutState::Completed,
+                    stage: rollout.stage,
+                    event: "complete",
+                    reason: &reason,
+                };
+                store.transition(&complete, now)?;
             }
         }
     }
@@ -359,8 +360,8 @@ mod tests {
         let silent = || target(None, None);
         let d = decide_at(&[silent(), ok(), ok(), ok()], 20_000);
         assert!(
-            matches!(&d, Decision::Wait(_)),
-            "{d:?}: 1 of 4 is 25%, not above"
+            matches!(&d, Decision::Advance(r) if r.contains("1 timed out")),
+            "{d:?}: 1 of 4 is 25%, not above, and a timed-out device is accounted for"
         );
         let d = decide_at(&[silent(), silent(), ok(), ok()], 20_000);
         assert!(

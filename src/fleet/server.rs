@@ -17,7 +17,7 @@ use axum::routing::{delete, get, post, put};
 use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 
-use super::store::FleetStore;
+use super::store::{FleetStore, Transition};
 use super::{FleetError, Report, StartRollout, Telemetry, controller, now_ms, token_hash};
 use crate::hash::Digest;
 use crate::release::SignedManifest;
@@ -484,8 +484,21 @@ async fn rollout_action(
         );
         let now = now_ms();
         let done = match (action.as_str(), rollout.state) {
-            ("pause", Running) => store.transition(id, Running, Paused, rollout.stage, now, "pause", &reason)?,
-            ("resume", Paused) => store.transition(id, Paused, Running, rollout.stage, now, "resume", &reason)?,
+            ("pause", Running) | ("resume", Paused) => {
+                let (to, event) = match action.as_str() {
+                    "pause" => (Paused, "pause"),
+                    _ => (Running, "resume"),
+                };
+                let change = Transition {
+                    id,
+                    from: rollout.state,
+                    to,
+                    stage: rollout.stage,
+                    event,
+                    reason: &reason,
+                };
+                store.transition(&change, now)?
+            }
             ("abort", Running | Paused) => controller::stop(store, &rollout, now, &reason)?,
             ("rollback", Completed) if rollout.rollback.is_some() => {
                 controller::stop(store, &rollout, now, &reason)?

@@ -41,6 +41,18 @@ pub struct TargetRow {
     pub new_confidence: Option<f64>,
 }
 
+/// A rollout moving from one state (and stage) to another, with the audit log's event and
+/// reason.
+#[derive(Debug, Clone)]
+pub struct Transition<'a> {
+    pub id: i64,
+    pub from: RolloutState,
+    pub to: RolloutState,
+    pub stage: usize,
+    pub event: &'a str,
+    pub reason: &'a str,
+}
+
 /// What the fleet server stores. Every method is one transaction.
 pub trait FleetStore: Send + Sync {
     /// Makes the admin token (returned once, stored hashed); refuses when one exists.
@@ -70,18 +82,9 @@ pub trait FleetStore: Send + Sync {
     fn rollout(&self, id: i64) -> Result<Option<RolloutRow>, FleetError>;
     /// Rollouts, newest first; of one pipeline when given.
     fn rollouts(&self, pipeline: Option<&str>) -> Result<Vec<RolloutRow>, FleetError>;
-    /// Moves a rollout to a state and stage, and records why, in one transaction. Refuses
+    /// Applies a transition and records it in the audit log, in one transaction. Refuses
     /// (returns false) when the rollout is no longer in `from`.
-    fn transition(
-        &self,
-        id: i64,
-        from: RolloutState,
-        to: RolloutState,
-        stage: usize,
-        now: i64,
-        event: &str,
-        reason: &str,
-    ) -> Result<bool, FleetError>;
+    fn transition(&self, t: &Transition, now: i64) -> Result<bool, FleetError>;
     fn audit(&self, rollout: Option<i64>) -> Result<Vec<AuditEntry>, FleetError>;
     /// Enrolled, unrevoked devices the rollout has not targeted yet.
     fn untargeted(&self, rollout: i64) -> Result<Vec<String>, FleetError>;
@@ -458,28 +461,19 @@ impl FleetStore for SqliteStore {
             .map_err(|e| self.err(e))
     }
 
-    fn transition(
-        &self,
-        id: i64,
-        from: RolloutState,
-        to: RolloutState,
-        stage: usize,
-        now: i64,
-        event: &str,
-        reason: &str,
-    ) -> Result<bool, FleetError> {
+    fn transition(&self, t: &Transition, now: i64) -> Result<bool, FleetError> {
         self.with(|c| {
             let tx = c.transaction()?;
             let changed = tx.execute(
                 "UPDATE rollouts SET state = ?1, stage = ?2,
                      stage_started_ms = CASE WHEN stage = ?2 THEN stage_started_ms ELSE ?3 END
                  WHERE id = ?4 AND state = ?5",
-                params![to.as_str(), stage as i64, now, id, from.as_str()],
+                params![t.to.as_str(), t.stage as i64, now, t.id, t.from.as_str()],
             )?;
             if changed == 0 {
                 return Ok(false);
             }
-            audit_insert(&tx, now, id, event, reason)?;
+            audit_insert(&tx, now, t.id, t.event, t.reason)?;
             tx.commit()?;
             Ok(true)
         })
