@@ -604,3 +604,25 @@ pub fn serve(
         served.map_err(|e| FleetError::Usage(format!("server error: {e}"), None))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ROUTES;
+
+    #[test]
+    fn the_openapi_document_names_every_route_and_no_other() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/fleet-openapi.yaml");
+        let doc: serde_json::Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut documented = Vec::new();
+        for (route, methods) in doc["paths"].as_object().unwrap() {
+            for method in methods.as_object().unwrap().keys() {
+                documented.push((method.as_str(), route.as_str()));
+            }
+        }
+        documented.sort();
+        let mut served = ROUTES.to_vec();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+}
