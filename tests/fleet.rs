@@ -827,3 +827,47 @@ fn a_load_run_loses_no_report() {
     assert_eq!(stats["telemetry"], devices as u64);
     assert!(summary["latency_p99_ms"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn a_device_that_never_confirms_counts_as_failed_after_the_timeout() {
+    let setup = setup();
+    let (server, token) = Server::start(Path::new(&setup.public));
+    setup.ws.write(
+        "deploy/short.yaml",
+        &ALL_AT_ONCE
+            .replace("confirm_timeout: 60s", "confirm_timeout: 500ms")
+            .replace("min_reports: 5", "min_reports: 2")
+            .replace("max_failure_rate: 0.2", "max_failure_rate: 0.3"),
+    );
+    // Enrolled, but switched off on the shelf.
+    setup.ok(&server, &token, &["fleet", "enroll", "shelf-1"]);
+    setup.start(&server, &token, 1, "short");
+    setup.simulate(&server, &token, 3, &[]);
+    let status = setup.status(&server, &token, 1);
+    assert_eq!(status["state"], "completed", "{status:#}");
+    let stage = &status["stages"][0];
+    assert_eq!(
+        (stage["confirmed"].as_u64(), stage["timed_out"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert!(
+        status["audit"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("3 confirmed, 0 failed, 1 timed out")
+    );
+
+    // Two silent devices of four are above the 30% allowed: the next rollout aborts.
+    setup.ok(&server, &token, &["fleet", "enroll", "shelf-2"]);
+    setup.q5_k();
+    setup.release("2.0.0");
+    setup.start(&server, &token, 2, "short");
+    setup.simulate(&server, &token, 3, &[]);
+    let status = setup.status(&server, &token, 2);
+    assert_eq!(status["state"], "rolled_back", "{status:#}");
+    let reason = status["audit"][1]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("failure rate 40.0% (2 of 5 reported: 0 failed, 2 timed out)"),
+        "{reason}"
+    );
+}
