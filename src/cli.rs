@@ -175,6 +175,10 @@ pub enum Command {
         /// The private key (from `edgebuild keygen`).
         #[arg(long, value_name = "PATH")]
         key: PathBuf,
+        /// The release the pre-signed rollback returns to (default: the newest release; name
+        /// an earlier one when the newest was itself rolled back).
+        #[arg(long, value_name = "N")]
+        rollback_to: Option<u64>,
     },
     /// Check a release manifest as a device does before installing: signature, number above
     /// the running release, artifact hashes.
@@ -860,11 +864,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             pipeline,
             version,
             key,
+            rollback_to,
         } => {
             let signing = crate::release::read_signing_key(&key)?;
             // Exclusive: two releases at once must not take the same number.
             let ctx = Context::open(&options, Access::Write)?;
-            let made = crate::release::release(&ctx, &pipeline, &version, &signing)?;
+            let made = crate::release::release(&ctx, &pipeline, &version, &signing, rollback_to)?;
             eprintln!(
                 "release {} of {pipeline} ({version}): {}",
                 made.release, made.manifest
@@ -1099,7 +1104,7 @@ fn run_fleet(action: FleetAction) -> Result<ExitCode> {
             let client = fleet_client(&server)?;
             block_on(client.send(
                 reqwest::Method::DELETE,
-                &format!("/v1/admin/devices/{device}"),
+                &format!("/v1/admin/devices/{}", crate::fleet::encode(&device)),
                 None,
             ))??;
             eprintln!("revoked {device}");

@@ -307,6 +307,7 @@ pub fn release(
     pipeline: &str,
     version: &str,
     key: &SigningKey,
+    rollback_to: Option<u64>,
 ) -> Result<Made, ReleaseError> {
     let refuse = |m: String, help: &str| Err(ReleaseError::Refused(m, Some(help.to_string())));
     let Some(index) = ctx.ws.pipeline_index(pipeline) else {
@@ -393,11 +394,24 @@ pub fn release(
         .collect();
     let made = existing(ctx.root(), pipeline)?;
     let number = made.keys().next_back().map_or(1, |n| n + 1);
-    let previous = made
-        .values()
-        .rev()
-        .find(|m| m.manifest.kind == "release")
-        .map(|m| m.manifest.clone());
+    // The way back: the newest release, or the one named (when the newest was itself rolled
+    // back, it is not a good place to return to).
+    let previous = match rollback_to {
+        None => made
+            .values()
+            .rev()
+            .find(|m| m.manifest.kind == "release")
+            .map(|m| m.manifest.clone()),
+        Some(n) => match made.get(&n) {
+            Some(m) if m.manifest.kind == "release" => Some(m.manifest.clone()),
+            _ => {
+                return refuse(
+                    format!("there is no release {n} of {pipeline} to roll back to"),
+                    "name a release (not a rollback) in releases/PIPELINE/",
+                );
+            }
+        },
+    };
     if made
         .values()
         .any(|m| m.manifest.kind == "release" && m.manifest.version == version)

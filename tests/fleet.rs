@@ -173,6 +173,16 @@ impl Setup {
         self.ws.write("pipelines/digits.yaml", &yaml);
     }
 
+    /// Back to the committed pipeline with q5_k (after `pruned`).
+    fn q5_k_only(&self) {
+        let original =
+            std::fs::read_to_string(Path::new(common::REPO).join("pipelines/digits.yaml")).unwrap();
+        self.ws.write(
+            "pipelines/digits.yaml",
+            &original.replace("type: q4_k", "type: q5_k"),
+        );
+    }
+
     /// The pipeline changed to ship a magnitude-pruned model (70% of the weights gone) under a
     /// KL gate loosened to let it through: a genuinely worse model in the field.
     fn pruned(&self) {
@@ -315,6 +325,14 @@ impl Setup {
     }
 }
 
+/// A diagnostic's text with miette's line wrapping undone.
+fn flat(text: &str) -> String {
+    text.lines()
+        .map(|l| l.trim_start_matches([' ', '│']).trim_end())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn events(status: &Value) -> Vec<String> {
     status["audit"]
         .as_array()
@@ -353,9 +371,17 @@ fn a_confidence_drop_aborts_and_rolls_every_device_back() {
     let (server, token) = Server::start(Path::new(&setup.public));
     let devices = 40;
 
+    // Every report the devices saw acknowledged, over every run.
+    let mut acknowledged = 0;
+    let mut run = |extra: &[&str]| {
+        let summary = setup.simulate(&server, &token, devices, extra);
+        acknowledged += summary["reports_acknowledged"].as_u64().unwrap();
+        summary
+    };
+
     // Release 1 to the whole fleet.
     setup.start(&server, &token, 1, "all");
-    let summary = setup.simulate(&server, &token, devices, &[]);
+    let summary = run(&[]);
     assert_eq!(summary["running"]["1"], devices);
     assert_eq!(setup.status(&server, &token, 1)["state"], "completed");
 
@@ -363,7 +389,7 @@ fn a_confidence_drop_aborts_and_rolls_every_device_back() {
     setup.q5_k();
     setup.release("2.0.0");
     setup.start(&server, &token, 2, "staged");
-    let summary = setup.simulate(&server, &token, devices, &[]);
+    let summary = run(&[]);
     assert_eq!(summary["running"]["2"], devices);
     let status = setup.status(&server, &token, 2);
     assert_eq!(status["state"], "completed");
@@ -397,7 +423,7 @@ fn a_confidence_drop_aborts_and_rolls_every_device_back() {
         2
     );
     setup.start(&server, &token, 4, "staged");
-    let summary = setup.simulate(&server, &token, devices, &[]);
+    let summary = run(&[]);
     let status = setup.status(&server, &token, 3);
     assert_eq!(status["state"], "rolled_back", "{status:#}");
     assert_eq!(events(&status), ["start", "abort"]);
@@ -448,10 +474,57 @@ fn a_confidence_drop_aborts_and_rolls_every_device_back() {
         "{text}"
     );
 
-    // No report was lost: the server holds one row per report the devices saw acknowledged
-    // (3 per install: downloaded, installed, confirmed).
+    // A new release's default rollback would return to the release just rolled back: the
+    // server refuses it, and the operator names release 2 instead.
+    setup.q5_k_only();
+    setup.release("4.0.0");
+    let out = setup.edgebuild(
+        &server,
+        &token,
+        &[
+            "rollout",
+            "start",
+            "digits",
+            "--release",
+            "6",
+            "--policy",
+            "deploy/all.yaml",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        flat(&stderr(&out)).contains("returns to release 4, which rollout 3 stopped (rolled_back)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = setup.ws.run(&[
+        "release",
+        "digits",
+        "--version",
+        "4.0.1",
+        "--key",
+        &setup.private,
+        "--rollback-to",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    setup.start(&server, &token, 8, "all");
+    run(&[]);
+    assert_eq!(setup.status(&server, &token, 4)["state"], "completed");
+    // Rolling back a completed rollout reaches every device.
+    setup.ok(
+        &server,
+        &token,
+        &["rollout", "rollback", "4", "--reason", "field reports"],
+    );
+    let summary = run(&[]);
+    assert_eq!(summary["running"]["9"], devices);
+    assert!(setup.devices().iter().all(|(_, model)| *model == good));
+
+    // No report was lost: the server holds one row per report the devices saw acknowledged.
     let stats = server_stats(&setup, &server, &token);
-    assert_eq!(stats["reports"], 3 * (devices as u64 * 2 + reached * 2));
+    assert_eq!(stats["reports"], acknowledged);
+    assert!(acknowledged >= 3 * (devices as u64 * 4 + reached));
 }
 
 #[test]
@@ -557,7 +630,18 @@ fn devices_refuse_tampered_artifacts_and_older_releases_and_the_server_unsigned_
         .replace("\"release\": 3", "\"release\": 9");
     setup.ws.write("sim.json", &state);
     setup.pruned();
-    setup.release("3.0.0");
+    setup.ws.build(&[], 0);
+    let out = setup.ws.run(&[
+        "release",
+        "digits",
+        "--version",
+        "3.0.0",
+        "--key",
+        &setup.private,
+        "--rollback-to",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     setup.start(&server, &token, 4, "all");
     let summary = setup.simulate(&server, &token, 10, &[]);
     let refusals = summary["refused"].as_object().unwrap();
@@ -709,8 +793,31 @@ fn operators_pause_resume_and_abort_and_tokens_guard_the_api() {
     // bench-2 would never report: the rollouts below would wait for its timeout.
     setup.ok(&server, &token, &["fleet", "revoke", "bench-2"]);
 
+    // The simulated devices enroll (nothing to run yet: one quiet round).
+    let out = setup
+        .ws
+        .command()
+        .env("EDGEBUILD_FLEET_SERVER", &server.url)
+        .env("EDGEBUILD_FLEET_TOKEN", &token)
+        .args([
+            "device",
+            "simulate",
+            "--devices",
+            "20",
+            "--key",
+            &setup.public,
+            "--data",
+            "examples/digits/heldout.npz",
+            "--state",
+            "sim.json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
     // Pause holds the rollout at its stage; resume lets it finish; pausing it then is refused.
     setup.start(&server, &token, 1, "staged");
+    let first = wait_for_targets(&setup, &server, &token, 1);
     setup.ok(
         &server,
         &token,
@@ -736,7 +843,13 @@ fn operators_pause_resume_and_abort_and_tokens_guard_the_api() {
     assert_eq!(status["state"], "paused");
     assert_eq!(status["stage"], 0);
     let reached = status["stages"][0]["targeted"].as_u64().unwrap();
-    assert!(reached < 20);
+    assert_eq!(reached, first, "no device targeted while paused");
+    assert_eq!(
+        status["stages"][0]["confirmed"].as_u64().unwrap(),
+        first,
+        "those reached installed it"
+    );
+    assert_eq!(status["stages"][1]["targeted"], 0);
     setup.ok(&server, &token, &["rollout", "resume", "1"]);
     setup.simulate(&server, &token, 20, &[]);
     let status = setup.status(&server, &token, 1);
@@ -763,6 +876,7 @@ fn operators_pause_resume_and_abort_and_tokens_guard_the_api() {
     setup.q5_k();
     setup.release("2.0.0");
     setup.start(&server, &token, 2, "staged");
+    let first = wait_for_targets(&setup, &server, &token, 2);
     setup.ok(&server, &token, &["rollout", "pause", "2"]);
     setup
         .simulate_command(&server, &token, 20, &["--timeout", "1s"])
@@ -776,11 +890,40 @@ fn operators_pause_resume_and_abort_and_tokens_guard_the_api() {
     setup.simulate(&server, &token, 20, &[]);
     let status = setup.status(&server, &token, 2);
     assert_eq!(status["state"], "rolled_back");
+    assert_eq!(status["stages"][0]["targeted"], first);
+    assert_eq!(status["rollback_confirmed"], first);
+    let on_devices = setup.devices();
     assert_eq!(
-        status["rollback_confirmed"],
-        status["stages"][0]["targeted"]
+        on_devices.iter().filter(|(r, _)| *r == 3).count() as u64,
+        first
     );
-    assert!(setup.devices().iter().all(|(_, m)| *m == setup.model_of(1)));
+    assert!(on_devices.iter().all(|(_, m)| *m == setup.model_of(1)));
+    // A completed rollout without a rollback manifest cannot be rolled back.
+    let out = setup.edgebuild(&server, &token, &["rollout", "rollback", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        flat(&stderr(&out)).contains("it is completed and has no rollback manifest"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Waits until the rollout's first stage targeted devices; returns how many.
+fn wait_for_targets(setup: &Setup, server: &Server, token: &str, id: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let targeted = setup.status(server, token, id)["stages"][0]["targeted"]
+            .as_u64()
+            .unwrap();
+        if targeted > 0 {
+            return targeted;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollout {id} targeted nobody"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -169,8 +169,10 @@ pub fn stop(
     let abort = Transition {
         id: rollout.id,
         from: rollout.state,
+        from_stage: rollout.stage,
         to,
         stage: rollout.stage,
+        restart_clock: false,
         event: "abort",
         reason: &reason,
     };
@@ -211,8 +213,10 @@ pub fn tick(store: &dyn FleetStore, now: i64) -> Result<(), FleetError> {
                 let advance = Transition {
                     id: rollout.id,
                     from: RolloutState::Running,
+                    from_stage: rollout.stage,
                     to: RolloutState::Running,
                     stage: next,
+                    restart_clock: true,
                     event: "advance",
                     reason: &reason,
                 };
@@ -229,8 +233,10 @@ pub fn tick(store: &dyn FleetStore, now: i64) -> Result<(), FleetError> {
                 let complete = Transition {
                     id: rollout.id,
                     from: RolloutState::Running,
+                    from_stage: rollout.stage,
                     to: RolloutState::Completed,
                     stage: rollout.stage,
+                    restart_clock: false,
                     event: "complete",
                     reason: &reason,
                 };

@@ -69,6 +69,11 @@ impl FleetError {
     }
 }
 
+/// `text` for a URL's path segment or query value.
+pub fn encode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
 /// A fresh secret token: 32 random bytes in hex.
 pub fn new_token() -> String {
     let mut bytes = [0u8; 32];
@@ -352,8 +357,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
             ));
         }
     };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("`{text}` is not a duration"));
+    // Ten years: beyond it, a soak or a timeout is a typo (and milliseconds would overflow).
+    if !seconds.is_finite() || !(0.0..=3.2e8).contains(&seconds) {
+        return Err(format!("`{text}` is not a duration of at most ten years"));
     }
     Ok(std::time::Duration::from_secs_f64(seconds))
 }
@@ -404,5 +410,7 @@ mod tests {
                 .contains("unknown unit")
         );
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("1e300h").is_err());
+        assert!(parse_duration("99999999999d").is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -109,37 +109,73 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .map(|t| t.trim().to_string())
 }
 
-fn admin_check(store: &dyn FleetStore, token: &Option<String>) -> Result<(), FleetError> {
-    match token {
-        Some(t) if store.is_admin(&token_hash(t))? => Ok(()),
-        _ => Err(FleetError::Refused {
-            status: 401,
-            message: "an admin token is required".into(),
-            help: None,
-        }),
-    }
+/// Who made a request, as the auth layer found it.
+#[derive(Clone)]
+enum Caller {
+    Admin,
+    Device(String),
 }
 
-fn device_check(store: &dyn FleetStore, token: &Option<String>) -> Result<String, FleetError> {
-    let device = match token {
-        Some(t) => store.device_for(&token_hash(t))?,
-        None => None,
-    };
-    device.ok_or(FleetError::Refused {
-        status: 401,
-        message: "unknown, revoked or missing token".into(),
-        help: None,
+/// Which tokens a group of routes takes.
+#[derive(Clone, Copy, PartialEq)]
+enum Needs {
+    Admin,
+    Device,
+    Either,
+}
+
+/// Checks the token before anything else of the request (its body above all) is read.
+async fn authenticate(
+    State((state, needs)): State<(Arc<AppState>, Needs)>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let token = bearer(request.headers());
+    let caller = blocking(&state, move |store| {
+        let Some(token) = token else {
+            return Ok(None);
+        };
+        let hash = token_hash(&token);
+        if needs != Needs::Device && store.is_admin(&hash)? {
+            return Ok(Some(Caller::Admin));
+        }
+        if needs != Needs::Admin {
+            return Ok(store.device_for(&hash)?.map(Caller::Device));
+        }
+        Ok(None)
     })
+    .await?;
+    let Some(caller) = caller else {
+        let message = match needs {
+            Needs::Admin => "an admin token is required",
+            _ => "unknown, revoked or missing token",
+        };
+        return Err(ApiError(StatusCode::UNAUTHORIZED, message.into()));
+    };
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+/// The device a request comes from (routes behind the device layer admit devices only).
+fn device_of(caller: &Caller) -> String {
+    match caller {
+        Caller::Device(id) => id.clone(),
+        Caller::Admin => String::new(),
+    }
 }
 
 /// The router, for `serve` and for tests.
 fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+    let layer = |needs| axum::middleware::from_fn_with_state((state.clone(), needs), authenticate);
+    let device = Router::new()
         .route("/v1/device/assignment", get(assignment))
         .route("/v1/device/reports", post(report))
         .route("/v1/device/telemetry", post(telemetry))
+        .route_layer(layer(Needs::Device));
+    let either = Router::new()
         .route("/v1/artifacts/{sha256}", get(artifact))
+        .route_layer(layer(Needs::Either));
+    let admin = Router::new()
         .route(
             "/v1/admin/artifacts/{sha256}",
             put(upload_artifact).layer(DefaultBodyLimit::max(1 << 30)),
@@ -150,6 +186,12 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/rollouts/{id}", get(rollout_status))
         .route("/v1/admin/rollouts/{id}/{action}", post(rollout_action))
         .route("/v1/admin/stats", get(stats))
+        .route_layer(layer(Needs::Admin));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(device)
+        .merge(either)
+        .merge(admin)
         .with_state(state)
 }
 
@@ -160,12 +202,11 @@ struct PipelineQuery {
 
 async fn assignment(
     State(state): Shared,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<PipelineQuery>,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
+    let device = device_of(&caller);
     let manifest = blocking(&state, move |store| {
-        let device = device_check(store, &token)?;
         controller::assignment(store, &device, &query.pipeline)
     })
     .await?;
@@ -177,13 +218,12 @@ async fn assignment(
 
 async fn report(
     State(state): Shared,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
+    let device = device_of(&caller);
     let report: Report = parse_json(&body)?;
     let recorded = blocking(&state, move |store| {
-        let device = device_check(store, &token)?;
         if store.manifest(&report.pipeline, report.release)?.is_none() {
             return Err(FleetError::Refused {
                 status: 404,
@@ -199,10 +239,10 @@ async fn report(
 
 async fn telemetry(
     State(state): Shared,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
+    let device = device_of(&caller);
     let telemetry: Telemetry = parse_json(&body)?;
     if !(0.0..=1.0).contains(&telemetry.mean_confidence) || telemetry.samples == 0 {
         return Err(bad_request(
@@ -210,26 +250,24 @@ async fn telemetry(
         ));
     }
     blocking(&state, move |store| {
-        let device = device_check(store, &token)?;
+        if store
+            .manifest(&telemetry.pipeline, telemetry.release)?
+            .is_none()
+        {
+            return Err(FleetError::Refused {
+                status: 404,
+                message: format!("no release {} of {}", telemetry.release, telemetry.pipeline),
+                help: None,
+            });
+        }
         store.record_telemetry(&device, &telemetry)
     })
     .await?;
     Ok(json(&serde_json::json!({ "recorded": true })))
 }
 
-async fn artifact(
-    State(state): Shared,
-    headers: HeaderMap,
-    Path(sha256): Path<String>,
-) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
-    let bytes = blocking(&state, move |store| {
-        if admin_check(store, &token).is_err() {
-            device_check(store, &token)?;
-        }
-        store.blob(&sha256)
-    })
-    .await?;
+async fn artifact(State(state): Shared, Path(sha256): Path<String>) -> Result<Response, ApiError> {
+    let bytes = blocking(&state, move |store| store.blob(&sha256)).await?;
     match bytes {
         Some(bytes) => {
             Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
@@ -240,19 +278,13 @@ async fn artifact(
 
 async fn upload_artifact(
     State(state): Shared,
-    headers: HeaderMap,
     Path(sha256): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
     if Digest::of_bytes(&body).hex() != sha256 {
         return Err(bad_request("the artifact's bytes do not hash to its name"));
     }
-    blocking(&state, move |store| {
-        admin_check(store, &token)?;
-        store.put_blob(&sha256, &body)
-    })
-    .await?;
+    blocking(&state, move |store| store.put_blob(&sha256, &body)).await?;
     Ok(StatusCode::CREATED.into_response())
 }
 
@@ -262,26 +294,21 @@ struct Enroll {
     devices: Vec<String>,
 }
 
-async fn enroll(
-    State(state): Shared,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
+async fn enroll(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
     let request: Enroll = parse_json(&body)?;
     if let Some(bad) = request.devices.iter().find(|d| {
         d.is_empty()
             || d.len() > 128
+            || d.chars().all(|c| c == '.')
             || !d
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
     }) {
         return Err(bad_request(format!(
-            "device id `{bad}`: use 1 to 128 letters, digits, `-`, `_`, `.` or `:`"
+            "device id `{bad}`: use 1 to 128 letters, digits, `-`, `_`, `.` or `:`, not only dots"
         )));
     }
     let tokens = blocking(&state, move |store| {
-        admin_check(store, &token)?;
         store.enroll(&request.devices, now_ms())
     })
     .await?;
@@ -289,17 +316,8 @@ async fn enroll(
     Ok(json(&serde_json::json!({ "tokens": tokens })))
 }
 
-async fn revoke(
-    State(state): Shared,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
-    let found = blocking(&state, move |store| {
-        admin_check(store, &token)?;
-        store.revoke(&id)
-    })
-    .await?;
+async fn revoke(State(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let found = blocking(&state, move |store| store.revoke(&id)).await?;
     if !found {
         return Err(ApiError(StatusCode::NOT_FOUND, "no such device".into()));
     }
@@ -325,16 +343,10 @@ fn check_manifest(
         })
 }
 
-async fn start(
-    State(state): Shared,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
+async fn start(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
     let request: StartRollout = parse_json(&body)?;
     let key = state.key;
     let id = blocking(&state, move |store| {
-        admin_check(store, &token)?;
         let refuse = |message: String| FleetError::Refused {
             status: 400,
             message,
@@ -360,6 +372,32 @@ async fn start(
                 )));
             }
             check_manifest(store, &key, back)?;
+            let target = b.rollback_to.unwrap_or_default();
+            if let Some(bad) = store
+                .rollouts(Some(&manifest.pipeline))?
+                .into_iter()
+                .find(|r| {
+                    r.release == target
+                        && matches!(
+                            r.state,
+                            super::RolloutState::RolledBack | super::RolloutState::Aborted
+                        )
+                })
+            {
+                return Err(FleetError::Refused {
+                    status: 400,
+                    message: format!(
+                        "the rollback of release {} returns to release {target}, which rollout {} stopped ({})",
+                        manifest.release,
+                        bad.id,
+                        bad.state.as_str()
+                    ),
+                    help: Some(format!(
+                        "make the release again with `edgebuild release {} --version V --rollback-to N`, N a release that completed",
+                        manifest.pipeline
+                    )),
+                });
+            }
         }
         // Rollback protection on the server too: releases only move forward.
         if let Some(newest) = store
@@ -414,14 +452,8 @@ struct ListQuery {
     pipeline: Option<String>,
 }
 
-async fn list(
-    State(state): Shared,
-    headers: HeaderMap,
-    Query(query): Query<ListQuery>,
-) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
+async fn list(State(state): Shared, Query(query): Query<ListQuery>) -> Result<Response, ApiError> {
     let statuses = blocking(&state, move |store| {
-        admin_check(store, &token)?;
         let now = now_ms();
         store
             .rollouts(query.pipeline.as_deref())?
@@ -441,14 +473,8 @@ fn find(store: &dyn FleetStore, id: i64) -> Result<super::store::RolloutRow, Fle
     })
 }
 
-async fn rollout_status(
-    State(state): Shared,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
+async fn rollout_status(State(state): Shared, Path(id): Path<i64>) -> Result<Response, ApiError> {
     let status = blocking(&state, move |store| {
-        admin_check(store, &token)?;
         controller::status(store, &find(store, id)?, now_ms())
     })
     .await?;
@@ -464,19 +490,16 @@ struct ActionBody {
 
 async fn rollout_action(
     State(state): Shared,
-    headers: HeaderMap,
     Path((id, action)): Path<(i64, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     use super::RolloutState::*;
-    let token = bearer(&headers);
     let request: ActionBody = if body.is_empty() {
         ActionBody::default()
     } else {
         parse_json(&body)?
     };
     let status = blocking(&state, move |store| {
-        admin_check(store, &token)?;
         let rollout = find(store, id)?;
         let reason = format!(
             "operator: {}",
@@ -492,8 +515,11 @@ async fn rollout_action(
                 let change = Transition {
                     id,
                     from: rollout.state,
+                    from_stage: rollout.stage,
                     to,
                     stage: rollout.stage,
+                    // Time spent paused is not soak time.
+                    restart_clock: to == Running,
                     event,
                     reason: &reason,
                 };
@@ -501,6 +527,20 @@ async fn rollout_action(
             }
             ("abort", Running | Paused) => controller::stop(store, &rollout, now, &reason)?,
             ("rollback", Completed) if rollout.rollback.is_some() => {
+                let newest = store.rollouts(Some(&rollout.pipeline))?.first().map(|r| r.id);
+                if newest != Some(id) {
+                    return Err(FleetError::Refused {
+                        status: 409,
+                        message: format!(
+                            "rollout {id} is not the newest of {}: rollout {} decides what devices run",
+                            rollout.pipeline,
+                            newest.unwrap_or_default()
+                        ),
+                        help: Some("roll back the newest rollout".into()),
+                    });
+                }
+                // Every device runs the release now, those enrolled since included.
+                store.add_targets(id, rollout.stage, &store.untargeted(id)?, now)?;
                 controller::stop(store, &rollout, now, &reason)?
             }
             ("pause" | "resume" | "abort" | "rollback", state) => {
@@ -539,13 +579,8 @@ async fn rollout_action(
     Ok(json(&status))
 }
 
-async fn stats(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
-    let stats = blocking(&state, move |store| {
-        admin_check(store, &token)?;
-        store.stats()
-    })
-    .await?;
+async fn stats(State(state): Shared) -> Result<Response, ApiError> {
+    let stats = blocking(&state, move |store| store.stats()).await?;
     Ok(json(&stats))
 }
 

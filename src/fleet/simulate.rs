@@ -55,6 +55,9 @@ struct DeviceRecord {
     /// The release it runs, and that release's model artifact.
     release: Option<u64>,
     model: Option<Digest>,
+    /// Reports not acknowledged yet: kept across runs, so none is lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    outbox: Vec<Message>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -86,6 +89,8 @@ pub struct Summary {
     pub settled: bool,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 enum Message {
     Report(Report),
     Telemetry(Telemetry),
@@ -113,7 +118,6 @@ struct SimulateOptionsShared {
 struct Device {
     record: DeviceRecord,
     client: Client,
-    outbox: Vec<Message>,
     /// Releases it refused or failed: not tried again.
     given_up: BTreeSet<u64>,
     telemetry_sent: Option<u64>,
@@ -215,7 +219,7 @@ impl Fleet {
     async fn flush(&self, device: &mut Device) -> bool {
         let mut kept = Vec::new();
         let mut ok = true;
-        for message in std::mem::take(&mut device.outbox) {
+        for message in std::mem::take(&mut device.record.outbox) {
             let (path, body) = match &message {
                 Message::Report(r) => ("/v1/device/reports", serde_json::to_vec(r)),
                 Message::Telemetry(t) => ("/v1/device/telemetry", serde_json::to_vec(t)),
@@ -245,7 +249,7 @@ impl Fleet {
                 Err(_) => {}
             }
         }
-        device.outbox = kept;
+        device.record.outbox = kept;
         ok
     }
 
@@ -256,7 +260,7 @@ impl Fleet {
         state: DeviceState,
         detail: Option<String>,
     ) {
-        device.outbox.push(Message::Report(Report {
+        device.record.outbox.push(Message::Report(Report {
             pipeline: self.options.pipeline.clone(),
             release,
             state,
@@ -272,11 +276,14 @@ impl Fleet {
 
     /// One poll of one device. Returns whether it did anything.
     async fn step(&self, device: &mut Device) -> bool {
-        let mut acted = !device.outbox.is_empty();
+        let mut acted = !device.record.outbox.is_empty();
         if !self.flush(device).await {
             return true;
         }
-        let path = format!("/v1/device/assignment?pipeline={}", self.options.pipeline);
+        let path = format!(
+            "/v1/device/assignment?pipeline={}",
+            super::encode(&self.options.pipeline)
+        );
         let assignment = match self.timed(&device.client, Method::GET, &path, None).await {
             Ok(Some(bytes)) => match serde_json::from_slice::<Assignment>(&bytes) {
                 Ok(a) => Some(a.manifest),
@@ -301,7 +308,7 @@ impl Fleet {
             match self.model(device, model).await {
                 Ok(m) => {
                     if let Ok((samples, mean)) = self.confidence(device, m).await {
-                        device.outbox.push(Message::Telemetry(Telemetry {
+                        device.record.outbox.push(Message::Telemetry(Telemetry {
                             pipeline: self.options.pipeline.clone(),
                             release,
                             samples,
@@ -314,7 +321,7 @@ impl Fleet {
                 Err(_) => return true,
             }
         }
-        if !device.outbox.is_empty() {
+        if !device.record.outbox.is_empty() {
             self.flush(device).await;
         }
         acted
@@ -322,9 +329,20 @@ impl Fleet {
 
     async fn install(&self, device: &mut Device, signed: &SignedManifest) {
         let release = signed.manifest.release;
-        // Signature and number first: nothing is downloaded for a manifest the device refuses.
+        // Signature, number and pipeline first: nothing is downloaded for a manifest the device
+        // refuses.
         if let Err(e) = signed.verify_signature(&self.options.key, device.record.release) {
             return self.give_up(device, release, e.to_string());
+        }
+        if signed.manifest.pipeline != self.options.pipeline {
+            return self.give_up(
+                device,
+                release,
+                format!(
+                    "manifest rejected: it is for pipeline {}, this device runs {}",
+                    signed.manifest.pipeline, self.options.pipeline
+                ),
+            );
         }
         let mut downloaded = BTreeMap::new();
         for artifact in &signed.manifest.artifacts {
@@ -387,7 +405,7 @@ impl Fleet {
             Ok((samples, mean)) => {
                 device.record.release = Some(release);
                 device.record.model = Some(sha);
-                device.outbox.push(Message::Telemetry(Telemetry {
+                device.record.outbox.push(Message::Telemetry(Telemetry {
                     pipeline: self.options.pipeline.clone(),
                     release,
                     samples,
@@ -429,7 +447,10 @@ fn save_state(path: &Path, state: &StateFile) -> Result<(), FleetError> {
 /// Whether the newest rollout of the pipeline is over (None without an admin token).
 async fn rollout_over(admin: &Client, pipeline: &str) -> Result<Option<RolloutStatus>, FleetError> {
     let list: Vec<RolloutStatus> = admin
-        .get(&format!("/v1/admin/rollouts?pipeline={pipeline}"))
+        .get(&format!(
+            "/v1/admin/rollouts?pipeline={}",
+            super::encode(pipeline)
+        ))
         .await?
         .unwrap_or_default();
     Ok(list.into_iter().next().filter(|r| !r.state.is_active()))
@@ -481,6 +502,7 @@ async fn run(options: SimulateOptions) -> Result<Summary, FleetError> {
                     token: answer.tokens[id].clone(),
                     release: None,
                     model: None,
+                    outbox: Vec::new(),
                 });
             }
             save_state(&options.state, &state)?;
@@ -507,7 +529,6 @@ async fn run(options: SimulateOptions) -> Result<Summary, FleetError> {
         .map(|record| Device {
             client: fleet.client.with_token(&record.token),
             record: record.clone(),
-            outbox: Vec::new(),
             given_up: BTreeSet::new(),
             telemetry_sent: None,
         })
@@ -631,4 +652,50 @@ pub fn render(summary: &Summary) -> String {
         summary.retried
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unacknowledged_reports_survive_in_the_state_file() {
+        let record = DeviceRecord {
+            id: "sim-00001".into(),
+            token: "t".into(),
+            release: Some(2),
+            model: None,
+            outbox: vec![
+                Message::Report(Report {
+                    pipeline: "digits".into(),
+                    release: 2,
+                    state: DeviceState::Confirmed,
+                    detail: None,
+                }),
+                Message::Telemetry(Telemetry {
+                    pipeline: "digits".into(),
+                    release: 2,
+                    samples: 32,
+                    mean_confidence: 0.98,
+                }),
+            ],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sim.json");
+        save_state(
+            &path,
+            &StateFile {
+                devices: vec![record],
+            },
+        )
+        .unwrap();
+        let back = load_state(&path).unwrap();
+        assert_eq!(back.devices[0].outbox.len(), 2);
+        assert!(
+            matches!(&back.devices[0].outbox[0], Message::Report(r) if r.state == DeviceState::Confirmed)
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "it holds tokens");
+    }
 }

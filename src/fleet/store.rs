@@ -46,9 +46,14 @@ pub struct TargetRow {
 #[derive(Debug, Clone)]
 pub struct Transition<'a> {
     pub id: i64,
+    /// The state and stage the rollout must still be in: a transition decided on an old view
+    /// (an operator's action racing the controller) changes nothing.
     pub from: RolloutState,
+    pub from_stage: usize,
     pub to: RolloutState,
     pub stage: usize,
+    /// Start the stage's soak time now (a new stage, or resuming after a pause).
+    pub restart_clock: bool,
     pub event: &'a str,
     pub reason: &'a str,
 }
@@ -173,7 +178,7 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(db_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db_err)?;
@@ -466,9 +471,17 @@ impl FleetStore for SqliteStore {
             let tx = c.transaction()?;
             let changed = tx.execute(
                 "UPDATE rollouts SET state = ?1, stage = ?2,
-                     stage_started_ms = CASE WHEN stage = ?2 THEN stage_started_ms ELSE ?3 END
-                 WHERE id = ?4 AND state = ?5",
-                params![t.to.as_str(), t.stage as i64, now, t.id, t.from.as_str()],
+                     stage_started_ms = CASE WHEN ?3 THEN ?4 ELSE stage_started_ms END
+                 WHERE id = ?5 AND state = ?6 AND stage = ?7",
+                params![
+                    t.to.as_str(),
+                    t.stage as i64,
+                    t.restart_clock,
+                    now,
+                    t.id,
+                    t.from.as_str(),
+                    t.from_stage as i64
+                ],
             )?;
             if changed == 0 {
                 return Ok(false);
@@ -554,7 +567,8 @@ impl FleetStore for SqliteStore {
                        ORDER BY m.release DESC LIMIT 1),
                     (SELECT mean_confidence FROM telemetry m
                        WHERE m.device = t.device AND m.pipeline = ?2 AND m.release = ?3)
-                 FROM targets t WHERE t.rollout = ?1 ORDER BY t.device",
+                 FROM targets t JOIN devices d ON d.id = t.device
+                 WHERE t.rollout = ?1 AND d.revoked = 0 ORDER BY t.device",
             )?;
             let rows = statement.query_map(
                 params![rollout.id, rollout.pipeline, release, rollback],
@@ -684,8 +698,50 @@ mod tests {
         let targets = store.targets(&row).unwrap();
         assert_eq!(targets[0].state, Some(DeviceState::Confirmed));
         assert_eq!(store.stats().unwrap().reports, 2);
-        // A revoked device's token opens nothing.
+        // A transition decided on an old view (another stage, another state) changes nothing.
+        let stale = Transition {
+            id,
+            from: RolloutState::Running,
+            from_stage: 1,
+            to: RolloutState::Paused,
+            stage: 1,
+            restart_clock: false,
+            event: "pause",
+            reason: "late",
+        };
+        assert!(!store.transition(&stale, 5).unwrap());
+        assert!(
+            store
+                .transition(
+                    &Transition {
+                        from_stage: 0,
+                        stage: 0,
+                        ..stale.clone()
+                    },
+                    5
+                )
+                .unwrap()
+        );
+        assert!(
+            !store
+                .transition(
+                    &Transition {
+                        from_stage: 0,
+                        stage: 0,
+                        ..stale
+                    },
+                    6
+                )
+                .unwrap()
+        );
+        assert_eq!(
+            store.audit(Some(id)).unwrap().len(),
+            2,
+            "start and one pause"
+        );
+        // A revoked device's token opens nothing, and it leaves the rollout's counts.
         assert!(store.revoke("d1").unwrap());
+        assert!(store.targets(&row).unwrap().is_empty());
         assert_eq!(
             store
                 .device_for(&super::super::token_hash(&tokens[0].1))
