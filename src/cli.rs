@@ -337,36 +337,7 @@ pub enum DeviceAction {
     /// held-out inputs for the health check and the confidence telemetry, report.
     Simulate {
         #[command(flatten)]
-        server: ServerArgs,
-        #[arg(long, default_value_t = 10)]
-        devices: usize,
-        #[arg(long, default_value = "digits")]
-        pipeline: String,
-        /// The release public key devices trust.
-        #[arg(long, value_name = "PATH")]
-        key: PathBuf,
-        /// Held-out inputs (npz or csv).
-        #[arg(long, value_name = "PATH")]
-        data: PathBuf,
-        #[arg(long, default_value_t = 32)]
-        samples_per_device: usize,
-        /// Share (0..1) of devices whose install fails.
-        #[arg(long, default_value_t = 0.0)]
-        fail_install: f64,
-        /// Requests in flight at once.
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-        #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
-        poll: std::time::Duration,
-        /// The devices' ids, tokens and releases, kept between runs (mode 0600).
-        #[arg(long, value_name = "PATH", default_value = "fleet-sim.json")]
-        state: PathBuf,
-        /// Keep polling until the newest rollout is over and every device runs its
-        /// assignment (needs the admin token); without it, stop at the first quiet round.
-        #[arg(long)]
-        until_settled: bool,
-        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
-        timeout: std::time::Duration,
+        args: crate::fleet::simulate::SimulateArgs,
         #[arg(long)]
         json: bool,
     },
@@ -1237,44 +1208,9 @@ fn rollout_change(action: &str, change: RolloutChange) -> Result<ExitCode> {
 
 fn run_device(action: DeviceAction) -> Result<ExitCode> {
     match action {
-        DeviceAction::Simulate {
-            server,
-            devices,
-            pipeline,
-            key,
-            data,
-            samples_per_device,
-            fail_install,
-            concurrency,
-            poll,
-            state,
-            until_settled,
-            timeout,
-            json,
-        } => {
-            if !(0.0..=1.0).contains(&fail_install) {
-                return Err(Error::usage(
-                    format!("--fail-install {fail_install} is not a share between 0 and 1"),
-                    None,
-                ));
-            }
-            let key = crate::release::read_verifying_key(&key)?;
-            let summary =
-                crate::fleet::simulate::simulate(crate::fleet::simulate::SimulateOptions {
-                    server: server.server,
-                    admin_token: admin_token(),
-                    pipeline,
-                    devices,
-                    key,
-                    data,
-                    samples_per_device,
-                    fail_install,
-                    concurrency,
-                    poll,
-                    state,
-                    until_settled,
-                    timeout,
-                })?;
+        DeviceAction::Simulate { args, json } => {
+            let key = crate::release::read_verifying_key(&args.key)?;
+            let summary = crate::fleet::simulate::simulate(&args, key, admin_token())?;
             if json {
                 println!(
                     "{}",

@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use common::{Workspace, digits, stderr, stdout};
 use serde_json::Value;
@@ -222,21 +222,29 @@ impl Setup {
         stdout(&out)
     }
 
-    fn start(&self, server: &Server, token: &str, release: u64, policy: &str) {
+    /// `rollout start digits --release N --policy deploy/POLICY.yaml`.
+    fn try_start(&self, server: &Server, token: &str, release: u64, policy: &str) -> Output {
         let release = release.to_string();
         let policy = format!("deploy/{policy}.yaml");
-        self.ok(
-            server,
-            token,
-            &[
-                "rollout",
-                "start",
-                "digits",
-                "--release",
-                &release,
-                "--policy",
-                &policy,
-            ],
+        let args = [
+            "rollout",
+            "start",
+            "digits",
+            "--release",
+            &release,
+            "--policy",
+            &policy,
+        ];
+        self.edgebuild(server, token, &args)
+    }
+
+    fn start(&self, server: &Server, token: &str, release: u64, policy: &str) {
+        let out = self.try_start(server, token, release, policy);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "start {release}: {}",
+            stderr(&out)
         );
     }
 
@@ -478,19 +486,7 @@ fn a_confidence_drop_aborts_and_rolls_every_device_back() {
     // server refuses it, and the operator names release 2 instead.
     setup.q5_k_only();
     setup.release("4.0.0");
-    let out = setup.edgebuild(
-        &server,
-        &token,
-        &[
-            "rollout",
-            "start",
-            "digits",
-            "--release",
-            "6",
-            "--policy",
-            "deploy/all.yaml",
-        ],
-    );
+    let out = setup.try_start(&server, &token, 6, "all");
     assert_eq!(out.status.code(), Some(2));
     assert!(
         flat(&stderr(&out)).contains("returns to release 4, which rollout 3 stopped (rolled_back)"),
@@ -542,19 +538,7 @@ fn devices_refuse_tampered_artifacts_and_older_releases_and_the_server_unsigned_
         "releases/digits/2.json",
         &original.replace("2.0.0", "2.0.1"),
     );
-    let out = setup.edgebuild(
-        &server,
-        &token,
-        &[
-            "rollout",
-            "start",
-            "digits",
-            "--release",
-            "2",
-            "--policy",
-            "deploy/all.yaml",
-        ],
-    );
+    let out = setup.try_start(&server, &token, 2, "all");
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("the signature does not match"),
@@ -604,19 +588,7 @@ fn devices_refuse_tampered_artifacts_and_older_releases_and_the_server_unsigned_
         .unwrap();
 
     // An older release is refused by the server...
-    let out = setup.edgebuild(
-        &server,
-        &token,
-        &[
-            "rollout",
-            "start",
-            "digits",
-            "--release",
-            "1",
-            "--policy",
-            "deploy/all.yaml",
-        ],
-    );
+    let out = setup.try_start(&server, &token, 1, "all");
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("release 1 of digits is not newer than release 3"),
@@ -934,19 +906,7 @@ fn a_bad_policy_points_at_its_line() {
         "deploy/bad.yaml",
         &STAGED.replace("percent: 50", "percent: 5"),
     );
-    let out = setup.edgebuild(
-        &server,
-        &token,
-        &[
-            "rollout",
-            "start",
-            "digits",
-            "--release",
-            "1",
-            "--policy",
-            "deploy/bad.yaml",
-        ],
-    );
+    let out = setup.try_start(&server, &token, 1, "bad");
     assert_eq!(out.status.code(), Some(2));
     insta::assert_snapshot!(stderr(&out));
     assert!(server_stats(&setup, &server, &token)["devices"] == 0);

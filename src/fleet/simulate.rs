@@ -26,25 +26,48 @@ use crate::hash::Digest;
 use crate::model::QuantModel;
 use crate::release::SignedManifest;
 
-pub struct SimulateOptions {
+/// What to simulate (the flags of `edgebuild device simulate`).
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// The fleet server's URL.
+    #[arg(long, env = super::SERVER_ENV, value_name = "URL")]
     pub server: String,
-    /// Needed to enroll new devices and to know when the fleet has settled.
-    pub admin_token: Option<String>,
-    pub pipeline: String,
+    #[arg(long, default_value_t = 10)]
     pub devices: usize,
-    pub key: VerifyingKey,
+    #[arg(long, default_value = "digits")]
+    pub pipeline: String,
+    /// The release public key devices trust.
+    #[arg(long, value_name = "PATH")]
+    pub key: PathBuf,
     /// Held-out inputs (npz or csv) the devices run the model on.
+    #[arg(long, value_name = "PATH")]
     pub data: PathBuf,
+    #[arg(long, default_value_t = 32)]
     pub samples_per_device: usize,
-    /// Share of devices whose install of a release fails (chosen by a stable hash).
+    /// Share (0..1) of devices whose install of a release fails (a stable hash picks them).
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
     pub fail_install: f64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = super::parse_duration)]
     pub poll: Duration,
-    /// Devices, their tokens and what they run, kept between runs.
+    /// The devices' ids, tokens and releases, kept between runs (mode 0600).
+    #[arg(long, value_name = "PATH", default_value = "fleet-sim.json")]
     pub state: PathBuf,
-    /// Stop once the newest rollout is over and every device runs its assignment.
+    /// Keep polling until the newest rollout is over and every device runs its assignment
+    /// (needs the admin token); without it, stop at the first quiet round.
+    #[arg(long)]
     pub until_settled: bool,
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = super::parse_duration)]
     pub timeout: Duration,
+}
+
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{text}` is not a share between 0 and 1")),
+    }
 }
 
 /// One simulated device as the state file keeps it.
@@ -268,6 +291,17 @@ impl Fleet {
         }));
     }
 
+    /// Queues the confidence measured for a release: (samples, mean top-1 probability).
+    fn telemetry(&self, device: &mut Device, release: u64, (samples, mean): (u64, f64)) {
+        device.record.outbox.push(Message::Telemetry(Telemetry {
+            pipeline: self.options.pipeline.clone(),
+            release,
+            samples,
+            mean_confidence: mean,
+        }));
+        device.telemetry_sent = Some(release);
+    }
+
     fn give_up(&self, device: &mut Device, release: u64, reason: String) {
         self.count(|s| *s.refused.entry(reason.clone()).or_default() += 1);
         self.report(device, release, DeviceState::Failed, Some(reason));
@@ -307,14 +341,8 @@ impl Fleet {
             // The baseline: what the running release scores on this device.
             match self.model(device, model).await {
                 Ok(m) => {
-                    if let Ok((samples, mean)) = self.confidence(device, m).await {
-                        device.record.outbox.push(Message::Telemetry(Telemetry {
-                            pipeline: self.options.pipeline.clone(),
-                            release,
-                            samples,
-                            mean_confidence: mean,
-                        }));
-                        device.telemetry_sent = Some(release);
+                    if let Ok(measured) = self.confidence(device, m).await {
+                        self.telemetry(device, release, measured);
                         acted = true;
                     }
                 }
@@ -402,16 +430,10 @@ impl Fleet {
             Err(e) => Err(e),
         };
         match health {
-            Ok((samples, mean)) => {
+            Ok(measured) => {
                 device.record.release = Some(release);
                 device.record.model = Some(sha);
-                device.record.outbox.push(Message::Telemetry(Telemetry {
-                    pipeline: self.options.pipeline.clone(),
-                    release,
-                    samples,
-                    mean_confidence: mean,
-                }));
-                device.telemetry_sent = Some(release);
+                self.telemetry(device, release, measured);
                 self.report(device, release, DeviceState::Confirmed, None);
                 self.count(|s| s.installs += 1);
             }
@@ -456,23 +478,29 @@ async fn rollout_over(admin: &Client, pipeline: &str) -> Result<Option<RolloutSt
     Ok(list.into_iter().next().filter(|r| !r.state.is_active()))
 }
 
-/// Runs the simulation.
-pub fn simulate(options: SimulateOptions) -> Result<Summary, FleetError> {
+/// Runs the simulation: `key` is the release key devices trust; `admin_token` enrolls devices
+/// and tells when the fleet settled.
+pub fn simulate(
+    options: &SimulateArgs,
+    key: VerifyingKey,
+    admin_token: Option<String>,
+) -> Result<Summary, FleetError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| FleetError::Simulation(format!("cannot start: {e}")))?;
-    runtime.block_on(run(options))
+    runtime.block_on(run(options, key, admin_token))
 }
 
-async fn run(options: SimulateOptions) -> Result<Summary, FleetError> {
-    let admin = Client::new(
-        &options.server,
-        options.admin_token.as_deref().unwrap_or(""),
-    )?;
+async fn run(
+    options: &SimulateArgs,
+    key: VerifyingKey,
+    admin_token: Option<String>,
+) -> Result<Summary, FleetError> {
+    let admin = Client::new(&options.server, admin_token.as_deref().unwrap_or(""))?;
     let mut state = load_state(&options.state)?;
     if state.devices.len() < options.devices {
-        let Some(_) = &options.admin_token else {
+        let Some(_) = &admin_token else {
             return Err(FleetError::Usage(
                 format!(
                     "{} has {} device(s); enrolling more needs the admin token",
@@ -512,7 +540,7 @@ async fn run(options: SimulateOptions) -> Result<Summary, FleetError> {
         client: admin.clone(),
         options: SimulateOptionsShared {
             pipeline: options.pipeline.clone(),
-            key: options.key,
+            key,
             data: options.data.clone(),
             samples_per_device: options.samples_per_device,
             fail_install: options.fail_install,
@@ -567,7 +595,7 @@ async fn run(options: SimulateOptions) -> Result<Summary, FleetError> {
             *record = device.record.clone();
         }
         save_state(&options.state, &state)?;
-        if options.until_settled && !acted && options.admin_token.is_some() {
+        if options.until_settled && !acted && admin_token.is_some() {
             match rollout_over(&admin, &options.pipeline).await {
                 Ok(Some(_)) => {
                     settled = true;
