@@ -85,6 +85,19 @@ pub enum Command {
         /// Internal: used by `verify-reproducible --vary` with a private cache.
         #[arg(long, hide = true, value_name = "NAME=VALUE")]
         variation_env: Vec<String>,
+        /// Run stages on a Remote Execution API v2 server (grpc://HOST:PORT or grpcs://);
+        /// overrides EDGEBUILD_REMOTE_EXEC and edgebuild.yaml's `remote_exec`.
+        #[arg(long, value_name = "URL")]
+        remote_exec: Option<String>,
+        /// The executor's instance name.
+        #[arg(long, value_name = "NAME", default_value = "")]
+        remote_instance: String,
+        /// Remote actions in flight at once (default 8; `-j` defaults to it with an executor).
+        #[arg(long, value_name = "N")]
+        remote_jobs: Option<usize>,
+        /// Run a stage locally, with a warning, when the executor fails it for reasons of its own.
+        #[arg(long)]
+        remote_exec_fallback: bool,
     },
     /// Rebuild a commit from scratch and compare its artifacts with the lock committed there
     /// (or, with --vary, build the working tree twice under different conditions).
@@ -224,6 +237,10 @@ pub enum Command {
     /// model.
     #[command(subcommand)]
     Device(DeviceAction),
+    /// Run one op from its description, in the current directory: what a remote worker runs
+    /// for a built-in op stage. Internal.
+    #[command(hide = true)]
+    RunOp { description: PathBuf },
     /// Remove cache entries that no lock file in `pipelines/` refers to.
     Gc {
         /// Collect a cache outside the workspace too (it may hold other workspaces' entries).
@@ -443,28 +460,56 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             summary,
             variation_env,
             sandbox,
+            remote_exec,
+            remote_instance,
+            remote_jobs,
+            remote_exec_fallback,
         } => {
             let ctx = Context::open(&options, Access::Write)?;
             let selected = ctx.select(&targets)?;
-            let jobs = jobs
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-                .max(1);
-            let started = std::time::Instant::now();
-            let report = exec::build(
-                &ctx,
-                &selected,
-                BuildOptions { jobs, keep_going },
-                &*if sandbox {
-                    Box::new(crate::sandbox::SandboxExecutor::new(
-                        crate::repro::variation_env(&variation_env),
-                    )) as Box<dyn exec::Executor>
-                } else {
-                    Box::new(LocalExecutor {
-                        variation_env: crate::repro::variation_env(&variation_env),
-                    })
+            let local: Box<dyn exec::Executor + Send> = if sandbox {
+                Box::new(crate::sandbox::SandboxExecutor::new(
+                    crate::repro::variation_env(&variation_env),
+                ))
+            } else {
+                Box::new(LocalExecutor {
+                    variation_env: crate::repro::variation_env(&variation_env),
+                })
+            };
+            let exec_settings = crate::context::remote_exec_settings(
+                ctx.root(),
+                &crate::remote_exec::RemoteExecSettings {
+                    url: remote_exec,
+                    instance: remote_instance,
+                    jobs: remote_jobs,
+                    fallback: remote_exec_fallback,
                 },
-            )
-            .map_err(|e| Error::io("lock files", e))?;
+            )?;
+            let (remote, local) = match &exec_settings {
+                Some(s) => (
+                    Some(
+                        crate::remote_exec::RemoteExecutor::new(s, local)
+                            .map_err(|e| Error::usage(e, None))?,
+                    ),
+                    None,
+                ),
+                None => (None, Some(local)),
+            };
+            let default_jobs = match &exec_settings {
+                Some(s) => s.jobs.unwrap_or(8),
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            };
+            let jobs = jobs.unwrap_or(default_jobs).max(1);
+            let started = std::time::Instant::now();
+            let executor: &dyn exec::Executor = match (&remote, &local) {
+                (Some(remote), _) => remote,
+                (None, Some(local)) => local.as_ref(),
+                (None, None) => unreachable!("one executor is made"),
+            };
+            let mut report =
+                exec::build(&ctx, &selected, BuildOptions { jobs, keep_going }, executor)
+                    .map_err(|e| Error::io("lock files", e))?;
+            report.remote_exec = remote.as_ref().map(|r| r.stats());
             if json {
                 println!(
                     "{}",
@@ -964,6 +1009,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::Ok)
         }
+        Command::RunOp { description } => Ok(crate::remote_exec::run_op(&description)),
         Command::Fleet(action) => run_fleet(action),
         Command::Rollout(action) => run_rollout(action, &options),
         Command::Device(action) => run_device(action),

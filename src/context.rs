@@ -54,26 +54,52 @@ pub const CONFIG_FILE: &str = "edgebuild.yaml";
 struct WorkspaceConfig {
     #[serde(default)]
     remote: Option<RemoteSettings>,
+    #[serde(default)]
+    remote_exec: Option<crate::remote_exec::RemoteExecSettings>,
+}
+
+fn workspace_config(root: &Path) -> Result<WorkspaceConfig> {
+    let path = root.join(CONFIG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_saphyr::from_str::<WorkspaceConfig>(&text).map_err(|e| {
+            Error::usage(
+                format!("cannot read {CONFIG_FILE}: {e}"),
+                Some("see SPEC.md, \"Remote cache\" and \"Remote execution\", for its keys".into()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(WorkspaceConfig::default()),
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+/// The remote executor's settings: `edgebuild.yaml`'s `remote_exec`, then `EDGEBUILD_REMOTE_EXEC`,
+/// then the command line. `None` when no executor is configured.
+pub fn remote_exec_settings(
+    root: &Path,
+    overrides: &crate::remote_exec::RemoteExecSettings,
+) -> Result<Option<crate::remote_exec::RemoteExecSettings>> {
+    let mut settings = workspace_config(root)?.remote_exec.unwrap_or_default();
+    if let Ok(url) = std::env::var(crate::remote_exec::EXEC_ENV) {
+        settings.url = Some(url);
+    }
+    if overrides.url.is_some() {
+        settings.url = overrides.url.clone();
+    }
+    if !overrides.instance.is_empty() {
+        settings.instance = overrides.instance.clone();
+    }
+    if overrides.jobs.is_some() {
+        settings.jobs = overrides.jobs;
+    }
+    settings.fallback |= overrides.fallback;
+    Ok(settings.url.is_some().then_some(settings))
 }
 
 /// The remote settings of a workspace: `edgebuild.yaml`, then the environment
 /// (`EDGEBUILD_REMOTE`, `EDGEBUILD_REMOTE_UPLOAD`), then the command line, each overriding the
 /// one before.
 pub fn remote_settings(root: &Path, overrides: &RemoteOverrides) -> Result<RemoteSettings> {
-    let path = root.join(CONFIG_FILE);
-    let mut settings = match std::fs::read_to_string(&path) {
-        Ok(text) => serde_saphyr::from_str::<WorkspaceConfig>(&text)
-            .map_err(|e| {
-                Error::usage(
-                    format!("cannot read {CONFIG_FILE}: {e}"),
-                    Some("see SPEC.md, \"Remote cache\", for its keys".into()),
-                )
-            })?
-            .remote
-            .unwrap_or_default(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RemoteSettings::default(),
-        Err(e) => return Err(Error::io(&path, e)),
-    };
+    let mut settings = workspace_config(root)?.remote.unwrap_or_default();
     if let Ok(url) = std::env::var(crate::remote::REMOTE_ENV) {
         settings.url = Some(url);
     }

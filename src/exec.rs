@@ -43,6 +43,20 @@ pub struct ExecSuccess {
     pub outcome: OpOutcome,
     /// Lines to show the user (a gate's checks, for example).
     pub log: Vec<String>,
+    /// How a remote executor ran it, when one did.
+    pub remote: Option<RemoteRun>,
+}
+
+/// How a remote executor ran a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemoteRun {
+    /// Executed on a worker.
+    Executed,
+    /// Served from the remote action cache: no execution.
+    ActionCache,
+    /// The executor failed it and it ran locally (`--remote-exec-fallback`).
+    Fallback,
 }
 
 /// A job that failed, with the end of what it printed.
@@ -117,6 +131,7 @@ pub(crate) fn run_shell(
         Ok(ExecSuccess {
             outcome: OpOutcome::Success,
             log: Vec::new(),
+            remote: None,
         })
     } else {
         let mut log_tail = tail(&output.stderr);
@@ -161,7 +176,11 @@ impl Executor for LocalExecutor {
                 let result = op.run(&ctx);
                 let log = ctx.log.into_inner().unwrap_or_default();
                 match result {
-                    Ok(outcome) => Ok(ExecSuccess { outcome, log }),
+                    Ok(outcome) => Ok(ExecSuccess {
+                        outcome,
+                        log,
+                        remote: None,
+                    }),
                     Err(error) => Err(ExecFailure {
                         bad_input: matches!(error, crate::ops::OpError::BadInput(_)),
                         message: error.message().to_string(),
@@ -217,6 +236,9 @@ pub struct StageResult {
     /// Failed because the required remote was unavailable.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub remote_unavailable: bool,
+    /// Run by the remote executor: executed, from its action cache, or locally after it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteRun>,
     pub duration_ms: u64,
     #[serde(skip)]
     outputs: Option<Arc<BTreeMap<String, PathHash>>>,
@@ -237,6 +259,7 @@ impl StageResult {
             bad_input: false,
             from_remote: false,
             remote_unavailable: false,
+            remote: None,
             duration_ms: 0,
             outputs: None,
             locked: None,
@@ -254,6 +277,9 @@ pub struct BuildOptions {
 #[derive(Debug, Serialize)]
 pub struct BuildReport {
     pub stages: Vec<StageResult>,
+    /// What the remote executor did, when one ran the build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_exec: Option<crate::remote_exec::RemoteStats>,
 }
 
 impl BuildReport {
@@ -521,7 +547,10 @@ pub fn build(
         })
         .collect();
     write_locks(ctx, &stages)?;
-    Ok(BuildReport { stages })
+    Ok(BuildReport {
+        stages,
+        remote_exec: None,
+    })
 }
 
 /// Before anything runs, drops from the lock files every stage that may rewrite its outputs, so
@@ -870,6 +899,7 @@ fn run(
         }
     };
     result.log = success.log;
+    result.remote = success.remote;
     let mut outputs = BTreeMap::new();
     for port in &spec.outputs {
         match ctx.stat.path(ctx.root(), &port.path) {

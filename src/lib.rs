@@ -32,6 +32,7 @@ pub mod pointer;
 pub mod profile;
 pub mod release;
 pub mod remote;
+pub mod remote_exec;
 pub mod repro;
 pub mod runbook;
 pub mod sandbox;

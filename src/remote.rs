@@ -110,6 +110,20 @@ impl std::fmt::Debug for Remote {
     }
 }
 
+/// A URL as messages show it: never with credentials, even when it does not parse.
+pub fn redact(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(url) => displayable(&url),
+        Err(_) => match raw.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => raw.to_string(),
+            },
+            None => raw.to_string(),
+        },
+    }
+}
+
 /// The URL without user information, for messages.
 fn displayable(url: &url::Url) -> String {
     let mut shown = url.clone();
@@ -141,17 +155,7 @@ impl Remote {
         let Some(raw) = settings.url.as_deref().filter(|u| !u.is_empty()) else {
             return Ok(None);
         };
-        // Never show credentials, even of a URL that does not parse.
-        let shown = match url::Url::parse(raw) {
-            Ok(url) => displayable(&url),
-            Err(_) => match raw.split_once("://") {
-                Some((scheme, rest)) => match rest.rsplit_once('@') {
-                    Some((_, host)) => format!("{scheme}://***@{host}"),
-                    None => raw.to_string(),
-                },
-                None => raw.to_string(),
-            },
-        };
+        let shown = redact(raw);
         let bad = |message: String| RemoteError::BadUrl {
             url: shown.clone(),
             message: message.replace(raw, &shown),

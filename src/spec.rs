@@ -213,6 +213,10 @@ struct RawStage {
     volatile: bool,
     #[serde(default)]
     after: Vec<Spanned<String>>,
+    #[serde(default)]
+    remote: Option<bool>,
+    #[serde(default)]
+    platform: BTreeMap<String, String>,
 }
 
 /// `inputs`/`outputs`: a list of paths or a map of name → path.
@@ -277,6 +281,10 @@ pub enum Action {
     Op { name: String, version: u32 },
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// A validated stage.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 pub struct Stage {
@@ -298,6 +306,12 @@ pub struct Stage {
     pub volatile: bool,
     /// Stage ids that must succeed first without their outputs entering this stage's key.
     pub after: Vec<String>,
+    /// Whether a remote executor may run it (`remote: false` keeps it on this machine).
+    #[serde(default = "yes")]
+    pub remote: bool,
+    /// Platform properties a remote worker must have (`OSFamily: linux`, `gpu_count: 1`).
+    #[serde(default)]
+    pub platform: BTreeMap<String, String>,
     pub span: SourceSpan,
     pub action_span: SourceSpan,
 }
@@ -983,6 +997,8 @@ fn parse_stage(
         tools: raw.tools,
         volatile: raw.volatile,
         after,
+        remote: raw.remote.unwrap_or(true),
+        platform: raw.platform,
         span: stage_span,
         action_span,
     };

@@ -177,6 +177,8 @@ mod tests {
             tools: Default::default(),
             volatile: false,
             after: vec![],
+            remote: true,
+            platform: Default::default(),
             span: (0, 0).into(),
             action_span: (0, 0).into(),
         }
