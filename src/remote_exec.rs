@@ -576,14 +576,19 @@ impl RemoteExecutor {
         environment.insert("PATH".into(), REMOTE_PATH.into());
         let mut outputs: Vec<String> = stage.outputs.iter().map(|p| p.path.clone()).collect();
         outputs.sort();
+        let mut properties = stage.platform.clone();
+        if matches!(stage.action, Action::Op { .. }) {
+            // The op runs this very binary: the worker must be of its OS and architecture.
+            for (name, value) in binary_platform() {
+                properties
+                    .entry(name.to_string())
+                    .or_insert_with(|| value.to_string());
+            }
+        }
         let platform = re::Platform {
-            properties: stage
-                .platform
-                .iter()
-                .map(|(name, value)| re::platform::Property {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
+            properties: properties
+                .into_iter()
+                .map(|(name, value)| re::platform::Property { name, value })
                 .collect(),
         };
         // `Command.platform` is deprecated for `Action.platform`; older servers still read it.
@@ -1040,6 +1045,12 @@ impl RemoteExecutor {
                 let tail = lines[lines.len().saturating_sub(20)..].to_vec();
                 return Err(CollectError::Stage(ExecFailure {
                     message: match op {
+                        Some(_) if code == 126 || code == 127 => {
+                            let [(_, os), (_, isa)] = binary_platform();
+                            format!(
+                                "the worker could not start the edgebuild binary (exit code {code}): it is built for {os} {isa}; give the stage `platform:` properties of such workers"
+                            )
+                        }
                         Some(_) => {
                             format!("the op failed on the remote executor (exit code {code})")
                         }
@@ -1218,6 +1229,15 @@ fn tree_files(
     Ok(())
 }
 
+/// The platform properties of the edgebuild binary, which an op's worker must match.
+pub fn binary_platform() -> [(&'static str, &'static str); 2] {
+    let isa = match std::env::consts::ARCH {
+        "x86_64" => "x86-64",
+        other => other,
+    };
+    [("OSFamily", std::env::consts::OS), ("ISA", isa)]
+}
+
 /// The outcome of an `Execute` operation.
 fn finished(
     operation: bazel_remote_apis::google::longrunning::Operation,
@@ -1233,6 +1253,12 @@ fn finished(
         ))),
         None => Err(Fault("the operation finished without a result".into())),
     }
+}
+
+fn mentions_platform(status: &str) -> bool {
+    ["platform", "OSFamily", "ISA", "exec format"]
+        .iter()
+        .any(|w| status.to_lowercase().contains(&w.to_lowercase()))
 }
 
 /// A random UUID (version 4) for ByteStream upload names.
@@ -1274,8 +1300,17 @@ impl Executor for RemoteExecutor {
             }
             Err(Fault(status)) => Err(ExecFailure {
                 message: format!(
-                    "the remote executor {} could not run it: {status}",
-                    self.url
+                    "the remote executor {} could not run it: {status}{}",
+                    self.url,
+                    match &job.stage.action {
+                        Action::Op { .. } if mentions_platform(&status) => {
+                            let [(_, os), (_, isa)] = binary_platform();
+                            format!(
+                                " (an op runs the edgebuild binary sent with it, built for {os} {isa}: no worker of that platform took it)"
+                            )
+                        }
+                        _ => String::new(),
+                    }
                 ),
                 log_tail: Vec::new(),
                 bad_input: false,

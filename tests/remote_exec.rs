@@ -214,3 +214,23 @@ fn a_server_stopped_mid_build_fails_clearly_and_fallback_finishes_locally() {
     assert_eq!(report["remote_exec"]["fallbacks"], 1);
     assert_eq!(ws.read("out/after.txt"), "in\nstopped\n");
 }
+
+#[test]
+fn an_op_for_a_platform_no_worker_has_is_a_clear_error() {
+    let casd = Casd::start();
+    let ws = digits();
+    let yaml = ws.read("pipelines/digits.yaml").replacen(
+        "    op: imatrix\n",
+        "    op: imatrix\n    platform: {OSFamily: windows}\n",
+        1,
+    );
+    ws.write("pipelines/digits.yaml", &yaml);
+    let out = ws.run(&["build", "digits:imatrix", "--remote-exec", &casd.url()]);
+    assert_eq!(out.status.code(), Some(4));
+    let text = stderr(&out);
+    assert!(text.contains("digits:imatrix"), "{text}");
+    assert!(
+        text.contains("an op runs the edgebuild binary sent with it, built for linux x86-64"),
+        "{text}"
+    );
+}
