@@ -322,6 +322,8 @@ pub struct RemoteExecutor {
     binary: OnceLock<Result<(PathBuf, Digest, u64), String>>,
     /// Blobs known to be on the server already in this build.
     present: Mutex<std::collections::HashSet<String>>,
+    /// Operations running on the server, cancelled on Ctrl-C.
+    in_flight: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl RemoteExecutor {
@@ -377,6 +379,32 @@ impl RemoteExecutor {
             }
         }
         let jobs = settings.jobs.unwrap_or(8).max(1);
+        // Ctrl-C cancels what runs on the server before edgebuild exits.
+        let in_flight: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+        {
+            let in_flight = in_flight.clone();
+            let channel = channel.clone();
+            let headers = Headers(Arc::new(headers.clone()));
+            runtime.spawn(async move {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    return;
+                }
+                let names: Vec<String> = in_flight.lock().expect("in flight").iter().cloned().collect();
+                let mut cancelled = 0;
+                for name in &names {
+                    let mut client = bazel_remote_apis::google::longrunning::operations_client::OperationsClient::with_interceptor(
+                        channel.clone(),
+                        headers.clone(),
+                    );
+                    let request = bazel_remote_apis::google::longrunning::CancelOperationRequest { name: name.clone() };
+                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), client.cancel_operation(request)).await {
+                        cancelled += 1;
+                    }
+                }
+                eprintln!("interrupted: cancelled {cancelled} of {} remote operation(s)", names.len());
+                std::process::exit(130);
+            });
+        }
         Ok(RemoteExecutor {
             runtime,
             channel,
@@ -390,6 +418,7 @@ impl RemoteExecutor {
             counters: Counters::default(),
             binary: OnceLock::new(),
             present: Mutex::default(),
+            in_flight,
         })
     }
 
@@ -920,8 +949,15 @@ impl RemoteExecutor {
         loop {
             match stream.message().await {
                 Ok(Some(operation)) => {
+                    if name.is_empty() && !operation.name.is_empty() {
+                        self.in_flight
+                            .lock()
+                            .expect("in flight")
+                            .insert(operation.name.clone());
+                    }
                     name = operation.name.clone();
                     if operation.done {
+                        self.in_flight.lock().expect("in flight").remove(&name);
                         return finished(operation);
                     }
                 }

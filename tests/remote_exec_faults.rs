@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream;
 use bazel_remote_apis::google::longrunning::{Operation, operation};
-use bazel_remote_apis::google::protobuf::Any;
+use bazel_remote_apis::google::protobuf::{Any, Empty};
 use common::{Workspace, stderr};
 use prost::Message;
 use sha2::Digest as _;
@@ -32,6 +32,8 @@ struct Faults {
     wrong_digest: bool,
     /// `max_batch_total_size_bytes`; larger batch requests are refused.
     batch_limit: i64,
+    /// `Execute` queues the operation and never finishes it.
+    hang: bool,
 }
 
 #[derive(Default)]
@@ -40,6 +42,7 @@ struct Seen {
     waits: u32,
     largest_batch: usize,
     bytestream_writes: u32,
+    cancelled: Vec<String>,
 }
 
 #[derive(Default, Clone)]
@@ -305,6 +308,17 @@ impl re::execution_server::Execution for Fake {
         let action = request.action_digest.unwrap();
         *self.last_action.lock().unwrap() = Some(action.clone());
         let done = self.run(&action)?;
+        if self.faults.hang {
+            let queued = Operation {
+                name: "operations/1".into(),
+                ..Default::default()
+            };
+            let forever = tokio_stream::StreamExt::chain(
+                tokio_stream::iter(vec![Ok(queued)]),
+                tokio_stream::pending(),
+            );
+            return Ok(Response::new(Box::pin(forever)));
+        }
         let items = if self.faults.drop_stream {
             // Queued, then the stream drops: the client must wait for the operation by name.
             vec![Ok(Operation {
@@ -328,6 +342,47 @@ impl re::execution_server::Execution for Fake {
         let action = self.last_action.lock().unwrap().clone().unwrap();
         let done = self.run(&action)?;
         Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(done)]))))
+    }
+}
+
+use bazel_remote_apis::google::longrunning as lr;
+
+#[tonic::async_trait]
+impl lr::operations_server::Operations for Fake {
+    async fn list_operations(
+        &self,
+        _: Request<lr::ListOperationsRequest>,
+    ) -> Result<Response<lr::ListOperationsResponse>, Status> {
+        Err(Status::unimplemented("list"))
+    }
+    async fn get_operation(
+        &self,
+        _: Request<lr::GetOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        Err(Status::unimplemented("get"))
+    }
+    async fn delete_operation(
+        &self,
+        _: Request<lr::DeleteOperationRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("delete"))
+    }
+    async fn cancel_operation(
+        &self,
+        request: Request<lr::CancelOperationRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        self.seen
+            .lock()
+            .unwrap()
+            .cancelled
+            .push(request.into_inner().name);
+        Ok(Response::new(Empty {}))
+    }
+    async fn wait_operation(
+        &self,
+        _: Request<lr::WaitOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        Err(Status::unimplemented("wait"))
     }
 }
 
@@ -358,6 +413,7 @@ fn serve(fake: Fake) -> String {
                 .add_service(bytestream::byte_stream_server::ByteStreamServer::new(
                     fake.clone(),
                 ))
+                .add_service(lr::operations_server::OperationsServer::new(fake.clone()))
                 .add_service(re::execution_server::ExecutionServer::new(fake))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
                 .await
@@ -451,4 +507,43 @@ fn outputs_that_do_not_match_their_digest_are_never_written_or_cached() {
     );
     // The retry asked for a fresh execution, bypassing the server's cache.
     assert_eq!(seen.lock().unwrap().executes, [false, true]);
+}
+
+#[test]
+fn ctrl_c_cancels_the_remote_operation() {
+    let fake = Fake {
+        faults: Arc::new(Faults {
+            hang: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let seen = fake.seen.clone();
+    let url = serve(fake);
+    let ws = workspace(10);
+    let child = ws
+        .command()
+        .args(["build", "--remote-exec", &url])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while seen.lock().unwrap().executes.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no Execute call");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Time for the client to read the queued operation's name.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted: cancelled 1 of 1 remote operation(s)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(seen.lock().unwrap().cancelled, ["operations/1"]);
+    assert!(!ws.exists("out/a.txt"));
 }
