@@ -37,7 +37,7 @@ pub struct Cli {
     /// Fail with exit code 6 when the remote is unavailable instead of building locally.
     #[arg(long, global = true)]
     pub remote_required: bool,
-        /// Use no remote cache and no remote executor, whatever the configuration says.
+    /// Use no remote cache and no remote executor, whatever the configuration says.
     #[arg(long, global = true, conflicts_with_all = ["remote", "remote_upload", "remote_required"])]
     pub no_remote: bool,
     #[command(subcommand)]
@@ -476,7 +476,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     variation_env: crate::repro::variation_env(&variation_env),
                 })
             };
-                        // `--no-remote` (verification builds among them) runs everything here.
+            // `--no-remote` (verification builds among them) runs everything here.
             let exec_settings = match options.remote.disabled {
                 true => None,
                 false => crate::context::remote_exec_settings(

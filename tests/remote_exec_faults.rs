@@ -34,6 +34,8 @@ struct Faults {
     batch_limit: i64,
     /// `Execute` queues the operation and never finishes it.
     hang: bool,
+    /// Each output is this many bytes (0: one line).
+    output_size: usize,
 }
 
 #[derive(Default)]
@@ -42,6 +44,7 @@ struct Seen {
     waits: u32,
     largest_batch: usize,
     bytestream_writes: u32,
+    bytestream_reads: u32,
     cancelled: Vec<String>,
 }
 
@@ -78,7 +81,11 @@ impl Fake {
         drop(blobs);
         let mut files = Vec::new();
         for path in &command.output_paths {
-            let content = format!("remote output of {path}\n").into_bytes();
+            let line = format!("remote output of {path}\n");
+            let content = match self.faults.output_size {
+                0 => line.into_bytes(),
+                n => line.repeat(n / line.len() + 1).into_bytes()[..n].to_vec(),
+            };
             let d = digest(&content);
             let stored = if self.faults.wrong_digest {
                 b"tampered on the way\n".to_vec()
@@ -250,9 +257,24 @@ impl bytestream::byte_stream_server::ByteStream for Fake {
     type ReadStream = Stream<bytestream::ReadResponse>;
     async fn read(
         &self,
-        _: Request<bytestream::ReadRequest>,
+        request: Request<bytestream::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        Err(Status::unimplemented("read"))
+        let name = request.into_inner().resource_name;
+        let parts: Vec<&str> = name.split('/').collect();
+        assert_eq!((parts.len(), parts[0]), (3, "blobs"), "{name}");
+        let data = self
+            .blobs
+            .lock()
+            .unwrap()
+            .get(parts[1])
+            .cloned()
+            .ok_or_else(|| Status::not_found(name.clone()))?;
+        self.seen.lock().unwrap().bytestream_reads += 1;
+        let chunks: Vec<Result<bytestream::ReadResponse, Status>> = data
+            .chunks(1000)
+            .map(|c| Ok(bytestream::ReadResponse { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
     async fn write(
         &self,
@@ -463,10 +485,11 @@ fn unavailable_is_retried_and_a_dropped_stream_is_resumed_with_wait_execution() 
 }
 
 #[test]
-fn uploads_respect_the_batch_limit_and_large_blobs_go_through_bytestream() {
+fn transfers_respect_the_batch_limit_and_large_blobs_go_through_bytestream() {
     let fake = Fake {
         faults: Arc::new(Faults {
             batch_limit: 2000,
+            output_size: 3000,
             ..Default::default()
         }),
         ..Default::default()
@@ -480,6 +503,11 @@ fn uploads_respect_the_batch_limit_and_large_blobs_go_through_bytestream() {
     assert!(seen.largest_batch <= 2000, "{}", seen.largest_batch);
     assert_eq!(seen.bytestream_writes, 1, "data/big.bin");
     assert_eq!(report["remote_exec"]["bytestream_uploads"], 1);
+    // Outputs above the limit come back through ByteStream, whole.
+    assert_eq!(seen.bytestream_reads, 2);
+    let a = ws.read("out/a.txt");
+    assert_eq!(a.len(), 3000);
+    assert!(a.starts_with("remote output of out/a.txt\nremote output of out/a.txt\n"));
 }
 
 #[test]
