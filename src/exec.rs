@@ -89,7 +89,7 @@ pub struct LocalExecutor {
 /// Lines of a failing command's output shown in the error.
 const LOG_TAIL_LINES: usize = 20;
 
-fn tail(bytes: &[u8]) -> Vec<String> {
+pub(crate) fn tail(bytes: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(LOG_TAIL_LINES)..]

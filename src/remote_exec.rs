@@ -42,6 +42,8 @@ const DEFAULT_BATCH_LIMIT: usize = 4_000_000;
 const CHUNK: usize = 1 << 20;
 /// The `PATH` remote commands get: a worker's, not this machine's, so keys match everywhere.
 pub const REMOTE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The largest message edgebuild reads; batches stay well below it.
+const MAX_MESSAGE: usize = 64 << 20;
 /// Attempts of one call before giving up.
 const ATTEMPTS: u32 = 4;
 
@@ -363,8 +365,9 @@ impl RemoteExecutor {
         };
         let mut headers = Vec::new();
         if let Ok(token) = std::env::var(TOKEN_ENV) {
-            let value = AsciiMetadataValue::try_from(format!("Bearer {token}"))
+            let mut value = AsciiMetadataValue::try_from(format!("Bearer {token}"))
                 .map_err(|_| format!("{TOKEN_ENV} is not a valid header value"))?;
+            value.set_sensitive(true);
             headers.push((AsciiMetadataKey::from_static("authorization"), value));
         }
         for (name, value) in std::env::vars() {
@@ -373,8 +376,9 @@ impl RemoteExecutor {
                     header.to_lowercase().replace('_', "-").as_bytes(),
                 )
                 .map_err(|_| format!("{name}: not a valid header name"))?;
-                let value = AsciiMetadataValue::try_from(value)
+                let mut value = AsciiMetadataValue::try_from(value)
                     .map_err(|_| format!("{name}: not a valid header value"))?;
+                value.set_sensitive(true);
                 headers.push((key, value));
             }
         }
@@ -389,18 +393,28 @@ impl RemoteExecutor {
                 if tokio::signal::ctrl_c().await.is_err() {
                     return;
                 }
+                                // A second Ctrl-C does not wait for the cancellations.
+                tokio::spawn(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                    std::process::exit(130);
+                });
                 let names: Vec<String> = in_flight.lock().expect("in flight").iter().cloned().collect();
-                let mut cancelled = 0;
-                for name in &names {
+                let mut cancels = tokio::task::JoinSet::new();
+                for name in names.clone() {
                     let mut client = bazel_remote_apis::google::longrunning::operations_client::OperationsClient::with_interceptor(
                         channel.clone(),
                         headers.clone(),
                     );
-                    let request = bazel_remote_apis::google::longrunning::CancelOperationRequest { name: name.clone() };
-                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), client.cancel_operation(request)).await {
-                        cancelled += 1;
-                    }
+                    let request = bazel_remote_apis::google::longrunning::CancelOperationRequest { name };
+                    cancels.spawn(async move { client.cancel_operation(request).await.is_ok() });
                 }
+                let mut cancelled = 0;
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Some(done) = cancels.join_next().await {
+                        cancelled += usize::from(matches!(done, Ok(true)));
+                    }
+                })
+                .await;
                 eprintln!("interrupted: cancelled {cancelled} of {} remote operation(s)", names.len());
                 std::process::exit(130);
             });
@@ -443,7 +457,7 @@ impl RemoteExecutor {
             self.channel.clone(),
             self.headers.clone(),
         )
-        .max_decoding_message_size(64 << 20)
+        .max_decoding_message_size(MAX_MESSAGE)
     }
 
     fn action_cache(&self) -> re::action_cache_client::ActionCacheClient<Intercepted> {
@@ -451,6 +465,7 @@ impl RemoteExecutor {
             self.channel.clone(),
             self.headers.clone(),
         )
+        .max_decoding_message_size(MAX_MESSAGE)
     }
 
     fn execution(&self) -> re::execution_client::ExecutionClient<Intercepted> {
@@ -458,6 +473,7 @@ impl RemoteExecutor {
             self.channel.clone(),
             self.headers.clone(),
         )
+        .max_decoding_message_size(MAX_MESSAGE)
     }
 
     fn bytestream(&self) -> bytestream::byte_stream_client::ByteStreamClient<Intercepted> {
@@ -465,6 +481,7 @@ impl RemoteExecutor {
             self.channel.clone(),
             self.headers.clone(),
         )
+        .max_decoding_message_size(MAX_MESSAGE)
     }
 
     /// Retries a call on transient statuses, with backoff.
@@ -522,7 +539,7 @@ impl RemoteExecutor {
                     Err("the server does not execute actions (exec_enabled is false)".to_string())
                 } else {
                     Ok(match cache.max_batch_total_size_bytes {
-                        n if n > 0 => n as usize,
+                        n if n > 0 => (n as usize).min(MAX_MESSAGE / 2),
                         _ => DEFAULT_BATCH_LIMIT,
                     })
                 }
@@ -602,7 +619,10 @@ impl RemoteExecutor {
             .iter()
             .map(|(k, v)| (k.clone(), v.to_string_lossy().into_owned()))
             .collect();
-        environment.insert("PATH".into(), REMOTE_PATH.into());
+        // A stage that declares PATH gets its value, as locally.
+        environment
+            .entry("PATH".into())
+            .or_insert_with(|| REMOTE_PATH.into());
         let mut outputs: Vec<String> = stage.outputs.iter().map(|p| p.path.clone()).collect();
         outputs.sort();
         let mut properties = stage.platform.clone();
@@ -693,8 +713,11 @@ impl RemoteExecutor {
         // Batches for the small blobs; ByteStream for the large ones.
         let mut batch: Vec<re::batch_update_blobs_request::Request> = Vec::new();
         let mut batch_bytes = 0;
-        for digest in &missing {
-            let (_, blob) = &blobs[&digest.hash];
+        for reported in &missing {
+            // Only what was asked about, at the size we know.
+            let Some((digest, blob)) = blobs.get(&reported.hash) else {
+                continue;
+            };
             let size = digest.size_bytes as usize;
             if size + 1024 > limit {
                 self.write_bytestream(digest, blob).await?;
@@ -830,6 +853,9 @@ impl RemoteExecutor {
         let limit = self.batch_limit().await?;
         let mut found = HashMap::new();
         let mut small = Vec::new();
+        if let Some(bad) = digests.iter().find(|d| d.size_bytes < 0) {
+            return Err(Fault(format!("blob {} has a negative size", bad.hash)));
+        }
         for digest in digests {
             if found.contains_key(&digest.hash) {
                 continue;
@@ -912,9 +938,15 @@ impl RemoteExecutor {
                         })
                         .await?
                         .into_inner();
-                    let mut bytes = Vec::new();
+                    let size = digest.size_bytes.max(0) as usize;
+                    let mut bytes = Vec::with_capacity(size);
                     while let Some(chunk) = stream.message().await? {
                         bytes.extend_from_slice(&chunk.data);
+                        if bytes.len() > size {
+                            return Err(tonic::Status::out_of_range(
+                                "the server sent more bytes than the blob has",
+                            ));
+                        }
                     }
                     Ok(bytes)
                 }
@@ -922,66 +954,107 @@ impl RemoteExecutor {
             .await?)
     }
 
-    /// `Execute`, following its operation stream; `WaitExecution` when the stream drops.
+    /// `Execute`, following its operation stream; `WaitExecution` when the stream drops. A stream
+    /// that fails before naming its operation is re-issued (an execution is idempotent by its
+    /// action digest).
     async fn execute_action(
         &self,
         action: &re::Digest,
         skip_cache: bool,
     ) -> Result<re::ExecuteResponse, Fault> {
-        self.counters.executions.fetch_add(1, Ordering::Relaxed);
         let instance = self.instance.clone();
-        let mut stream = self
-            .retry(|| {
-                let mut client = self.execution();
-                let request = re::ExecuteRequest {
-                    instance_name: instance.clone(),
-                    skip_cache_lookup: skip_cache,
-                    action_digest: Some(action.clone()),
-                    digest_function: re::digest_function::Value::Sha256 as i32,
-                    ..Default::default()
-                };
-                async move { client.execute(request).await }
-            })
-            .await?
-            .into_inner();
-        let mut name = String::new();
-        let mut waits = 0;
-        loop {
-            match stream.message().await {
-                Ok(Some(operation)) => {
-                    if name.is_empty() && !operation.name.is_empty() {
-                        self.in_flight
-                            .lock()
-                            .expect("in flight")
-                            .insert(operation.name.clone());
-                    }
-                    name = operation.name.clone();
-                    if operation.done {
-                        self.in_flight.lock().expect("in flight").remove(&name);
-                        return finished(operation);
-                    }
-                }
-                Ok(None) | Err(_) if !name.is_empty() && waits < ATTEMPTS => {
-                    waits += 1;
-                    tokio::time::sleep(Duration::from_millis(100 << waits)).await;
+        let mut attempt = 0;
+        'execute: loop {
+            attempt += 1;
+            self.counters.executions.fetch_add(1, Ordering::Relaxed);
+            let mut stream = self
+                .retry(|| {
                     let mut client = self.execution();
-                    match client
-                        .wait_execution(re::WaitExecutionRequest { name: name.clone() })
-                        .await
-                    {
-                        Ok(response) => stream = response.into_inner(),
-                        Err(status) if retryable(&status) => continue,
-                        Err(status) => return Err(Fault::from(status)),
+                    let request = re::ExecuteRequest {
+                        instance_name: instance.clone(),
+                        skip_cache_lookup: skip_cache,
+                        action_digest: Some(action.clone()),
+                        digest_function: re::digest_function::Value::Sha256 as i32,
+                        ..Default::default()
+                    };
+                    async move { client.execute(request).await }
+                })
+                .await?
+                .into_inner();
+            let mut name = String::new();
+            let mut waits = 0;
+            loop {
+                match stream.message().await {
+                    Ok(Some(operation)) => {
+                        // Any progress restores the budget of resumptions.
+                        waits = 0;
+                        if name.is_empty() && !operation.name.is_empty() {
+                            self.in_flight
+                                .lock()
+                                .expect("in flight")
+                                .insert(operation.name.clone());
+                        }
+                        name = operation.name.clone();
+                        if operation.done {
+                            self.in_flight.lock().expect("in flight").remove(&name);
+                            return finished(operation);
+                        }
+                    }
+                    Err(status) if name.is_empty() && retryable(&status) && attempt < ATTEMPTS => {
+                        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                        continue 'execute;
+                    }
+                    Ok(None) | Err(_) if !name.is_empty() && waits < ATTEMPTS => {
+                        waits += 1;
+                        tokio::time::sleep(Duration::from_millis(100 << waits)).await;
+                        let mut client = self.execution();
+                        match client
+                            .wait_execution(re::WaitExecutionRequest { name: name.clone() })
+                            .await
+                        {
+                            Ok(response) => stream = response.into_inner(),
+                            Err(status) if retryable(&status) => continue,
+                            Err(status) => {
+                                return Err(self.abandon(&name, Fault::from(status)).await);
+                            }
+                        }
+                    }
+                    Ok(None) if name.is_empty() => {
+                        return Err(Fault(
+                            "the operation stream ended before naming its operation".into(),
+                        ));
+                    }
+                    Ok(None) => {
+                        let fault = Fault(
+                            "the operation stream kept dropping before the action finished".into(),
+                        );
+                        return Err(self.abandon(&name, fault).await);
+                    }
+                    Err(status) => {
+                        let fault = Fault::from(status);
+                        return Err(match name.is_empty() {
+                            true => fault,
+                            false => self.abandon(&name, fault).await,
+                        });
                     }
                 }
-                Ok(None) => {
-                    return Err(Fault(
-                        "the operation stream ended before the action finished".into(),
-                    ));
-                }
-                Err(status) => return Err(Fault::from(status)),
             }
         }
+    }
+
+    /// Gives up on an operation: cancels it on the server, best effort.
+    async fn abandon(&self, name: &str, fault: Fault) -> Fault {
+        self.in_flight.lock().expect("in flight").remove(name);
+        let mut client = bazel_remote_apis::google::longrunning::operations_client::OperationsClient::with_interceptor(
+            self.channel.clone(),
+            self.headers.clone(),
+        );
+        let request = bazel_remote_apis::google::longrunning::CancelOperationRequest {
+            name: name.to_string(),
+        };
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), client.cancel_operation(request)).await;
+        fault
     }
 
     /// The stage on the server: cached result or execution, outputs written on success.
@@ -991,68 +1064,131 @@ impl RemoteExecutor {
         let is_gate = matches!(&job.stage.action, Action::Op { name, .. }
             if crate::ops::find(name).is_some_and(|op| op.is_gate()));
         // The action cache first: a result with exit code 0 (or a gate's 3) is as good as a run.
-        let instance = self.instance.clone();
-        let cached = self
-            .retry(|| {
-                let mut client = self.action_cache();
-                let request = re::GetActionResultRequest {
-                    instance_name: instance.clone(),
-                    action_digest: Some(prepared.action.clone()),
-                    inline_stdout: true,
-                    inline_stderr: true,
-                    digest_function: re::digest_function::Value::Sha256 as i32,
-                    ..Default::default()
-                };
-                async move { client.get_action_result(request).await }
-            })
-            .await;
-        let cached = match cached {
-            _ if job.stage.volatile => None,
-            Ok(result) => Some(result.into_inner()),
-            Err(status) if status.code() == tonic::Code::NotFound => None,
-            Err(status) => return Err(Fault::from(status)),
-        };
-        if let Some(result) = cached
-            && (result.exit_code == 0 || (is_gate && result.exit_code == 3))
-            && let Ok(mut done) = self.collect(job, &prepared, &result).await
-        {
-            self.counters
-                .action_cache_hits
-                .fetch_add(1, Ordering::Relaxed);
-            done.remote = Some(RemoteRun::ActionCache);
-            return Ok(Ok(done));
+        // A volatile stage (a measurement) is never looked up.
+        let mut skip_cache = job.stage.volatile;
+        if !job.stage.volatile {
+            let instance = self.instance.clone();
+            let cached = self
+                .retry(|| {
+                    let mut client = self.action_cache();
+                    let request = re::GetActionResultRequest {
+                        instance_name: instance.clone(),
+                        action_digest: Some(prepared.action.clone()),
+                        inline_stdout: true,
+                        inline_stderr: true,
+                        digest_function: re::digest_function::Value::Sha256 as i32,
+                        ..Default::default()
+                    };
+                    async move { client.get_action_result(request).await }
+                })
+                .await;
+            let cached = match cached {
+                Ok(result) => Some(result.into_inner()),
+                Err(status) if status.code() == tonic::Code::NotFound => None,
+                Err(status) => return Err(Fault::from(status)),
+            };
+            if let Some(result) = cached {
+                if result.exit_code == 0 || (is_gate && result.exit_code == 3) {
+                    match self.collect(job, &prepared, &result).await {
+                        Ok(mut done) => {
+                            self.counters
+                                .action_cache_hits
+                                .fetch_add(1, Ordering::Relaxed);
+                            done.remote = Some(RemoteRun::ActionCache);
+                            return Ok(Ok(done));
+                        }
+                        Err(_) => self.clear_outputs(job),
+                    }
+                }
+                // A cached result that is a failure, or whose outputs are gone: run it afresh.
+                skip_cache = true;
+            }
         }
         self.upload(&prepared.blobs).await?;
-        let mut skip_cache = false;
         for attempt in 0..2 {
             let response = self.execute_action(&prepared.action, skip_cache).await?;
+            let retry_once = |fault: Fault| -> Result<Fault, Fault> {
+                match attempt {
+                    0 => Ok(fault),
+                    _ => Err(fault),
+                }
+            };
             if let Some(status) = response.status.as_ref().filter(|s| s.code != 0) {
                 let code = tonic::Code::from_i32(status.code);
-                if attempt == 0
-                    && matches!(
-                        code,
-                        tonic::Code::Unavailable | tonic::Code::Internal | tonic::Code::Aborted
-                    )
-                {
+                let fault = Fault(format!("{code:?}: {}", status.message));
+                match code {
+                    // The action ran out of time: the stage's failure, with what it printed.
+                    tonic::Code::DeadlineExceeded => {
+                        let result = response.result.unwrap_or_default();
+                        let text = format!(
+                            "{}{}",
+                            self.log_text(&result.stdout_raw, result.stdout_digest.as_ref())
+                                .await,
+                            self.log_text(&result.stderr_raw, result.stderr_digest.as_ref())
+                                .await
+                        );
+                        return Ok(Err(ExecFailure {
+                            message: format!(
+                                "timed out on the remote executor: {}",
+                                status.message
+                            ),
+                            log_tail: crate::exec::tail(text.as_bytes()),
+                            bad_input: false,
+                        }));
+                    }
+                    // An input the server lost (FAILED_PRECONDITION: missing blobs) or a worker
+                    // that failed: upload again what is missing, run once more.
+                    tonic::Code::FailedPrecondition
+                    | tonic::Code::Unavailable
+                    | tonic::Code::Internal
+                    | tonic::Code::Aborted => {
+                        retry_once(fault)?;
+                        self.forget(&prepared);
+                        self.upload(&prepared.blobs).await?;
+                        skip_cache = true;
+                        continue;
+                    }
+                    _ => return Err(fault),
+                }
+            }
+            let result = response.result.unwrap_or_default();
+            if response.cached_result
+                && result.exit_code != 0
+                && !(is_gate && result.exit_code == 3)
+            {
+                // A failure served from the server's cache: run it for real once.
+                if attempt == 0 {
                     skip_cache = true;
                     continue;
                 }
-                return Err(Fault(format!("{code:?}: {}", status.message)));
             }
-            let result = response.result.unwrap_or_default();
             match self.collect(job, &prepared, &result).await {
                 Ok(done) => return Ok(Ok(done)),
                 // The worker's outputs did not verify: once more, bypassing any cached result.
-                Err(CollectError::Fault(fault)) if attempt == 0 => {
+                Err(CollectError::Fault(fault)) => {
+                    self.clear_outputs(job);
+                    retry_once(fault)?;
                     skip_cache = true;
-                    let _ = fault;
-                    continue;
                 }
-                Err(CollectError::Fault(fault)) => return Err(fault),
                 Err(CollectError::Stage(failure)) => return Ok(Err(failure)),
             }
         }
-        unreachable!("the loop returns")
+        unreachable!("the second attempt returns")
+    }
+
+    /// Forgets that the action's blobs are on the server, so that they are asked for again.
+    fn forget(&self, prepared: &Prepared) {
+        let mut present = self.present.lock().expect("present");
+        for hash in prepared.blobs.keys() {
+            present.remove(hash);
+        }
+    }
+
+    /// Removes whatever a failed collection wrote.
+    fn clear_outputs(&self, job: &Job) {
+        for output in &job.stage.outputs {
+            let _ = crate::store::remove_path(&job.root.join(&output.path));
+        }
     }
 
     /// Checks the result, downloads and verifies the outputs, writes them into the workspace.
@@ -1077,8 +1213,7 @@ impl RemoteExecutor {
             (3, Some(op)) if op.is_gate() => OpOutcome::GateFailed,
             (code, _) => {
                 let text = format!("{stdout}{stderr}");
-                let lines: Vec<String> = text.lines().map(str::to_string).collect();
-                let tail = lines[lines.len().saturating_sub(20)..].to_vec();
+                let tail = crate::exec::tail(text.as_bytes());
                 return Err(CollectError::Stage(ExecFailure {
                     message: match op {
                         Some(_) if code == 126 || code == 127 => {
@@ -1102,6 +1237,41 @@ impl RemoteExecutor {
                 }));
             }
         };
+        #[allow(deprecated)]
+        let links = result
+            .output_symlinks
+            .iter()
+            .chain(&result.output_file_symlinks)
+            .chain(&result.output_directory_symlinks)
+            .next();
+        if let Some(link) = links {
+            return Err(CollectError::Stage(ExecFailure {
+                message: format!(
+                    "output {} is a symlink (to {}): outputs are files and directories",
+                    link.path, link.target
+                ),
+                log_tail: Vec::new(),
+                bad_input: false,
+            }));
+        }
+        let undigested = result
+            .output_files
+            .iter()
+            .filter(|f| f.digest.is_none())
+            .map(|f| f.path.as_str())
+            .chain(
+                result
+                    .output_directories
+                    .iter()
+                    .filter(|d| d.tree_digest.is_none())
+                    .map(|d| d.path.as_str()),
+            )
+            .next();
+        if let Some(path) = undigested {
+            return Err(CollectError::Fault(Fault(format!(
+                "the server returned output {path} without a digest"
+            ))));
+        }
         // Every blob first, verified; then the files, each atomically.
         let mut wanted: Vec<re::Digest> = result
             .output_files
@@ -1229,6 +1399,9 @@ fn tree_files(
     if depth > 64 {
         return Err("nested too deeply".into());
     }
+    if out.len() > 1_000_000 {
+        return Err("more than a million files".into());
+    }
     let safe = |name: &str| !name.is_empty() && name != "." && name != ".." && !name.contains('/');
     if let Some(link) = dir.symlinks.first() {
         return Err(format!(
@@ -1269,6 +1442,7 @@ fn tree_files(
 pub fn binary_platform() -> [(&'static str, &'static str); 2] {
     let isa = match std::env::consts::ARCH {
         "x86_64" => "x86-64",
+        "aarch64" => "arm-a64",
         other => other,
     };
     [("OSFamily", std::env::consts::OS), ("ISA", isa)]

@@ -36,6 +36,12 @@ struct Faults {
     hang: bool,
     /// Each output is this many bytes (0: one line).
     output_size: usize,
+    /// The first `Execute` finds its inputs evicted: FAILED_PRECONDITION.
+    lose_blobs: std::sync::atomic::AtomicBool,
+    /// The action cache holds a failed result for every action.
+    cached_failure: bool,
+    /// The action "creates" its first output as a symlink.
+    symlink_output: bool,
 }
 
 #[derive(Default)]
@@ -99,12 +105,21 @@ impl Fake {
                 ..Default::default()
             });
         }
+        let mut result = re::ActionResult {
+            output_files: files,
+            exit_code: 0,
+            ..Default::default()
+        };
+        if self.faults.symlink_output {
+            let first = result.output_files.remove(0);
+            result.output_symlinks.push(re::OutputSymlink {
+                path: first.path,
+                target: "/etc/passwd".into(),
+                node_properties: None,
+            });
+        }
         let response = re::ExecuteResponse {
-            result: Some(re::ActionResult {
-                output_files: files,
-                exit_code: 0,
-                ..Default::default()
-            }),
+            result: Some(result),
             ..Default::default()
         };
         Ok(Operation {
@@ -148,7 +163,13 @@ impl re::action_cache_server::ActionCache for Fake {
         &self,
         _: Request<re::GetActionResultRequest>,
     ) -> Result<Response<re::ActionResult>, Status> {
-        Err(Status::not_found("no cache here"))
+        match self.faults.cached_failure {
+            true => Ok(Response::new(re::ActionResult {
+                exit_code: 1,
+                ..Default::default()
+            })),
+            false => Err(Status::not_found("no cache here")),
+        }
     }
     async fn update_action_result(
         &self,
@@ -329,6 +350,28 @@ impl re::execution_server::Execution for Fake {
         }
         let action = request.action_digest.unwrap();
         *self.last_action.lock().unwrap() = Some(action.clone());
+        if self.faults.lose_blobs.swap(false, Ordering::SeqCst) {
+            self.blobs.lock().unwrap().clear();
+            let response = re::ExecuteResponse {
+                status: Some(bazel_remote_apis::google::rpc::Status {
+                    code: tonic::Code::FailedPrecondition as i32,
+                    message: "MISSING: input blobs were evicted".into(),
+                    details: Vec::new(),
+                }),
+                ..Default::default()
+            };
+            let done = Operation {
+                name: "operations/1".into(),
+                done: true,
+                result: Some(operation::Result::Response(Any {
+                    type_url: "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse"
+                        .into(),
+                    value: response.encode_to_vec(),
+                })),
+                metadata: None,
+            };
+            return Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(done)]))));
+        }
         let done = self.run(&action)?;
         if self.faults.hang {
             let queued = Operation {
@@ -574,4 +617,43 @@ fn ctrl_c_cancels_the_remote_operation() {
     );
     assert_eq!(seen.lock().unwrap().cancelled, ["operations/1"]);
     assert!(!ws.exists("out/a.txt"));
+}
+
+#[test]
+fn evicted_inputs_are_uploaded_again_and_a_cached_failure_is_run_afresh() {
+    let fake = Fake {
+        faults: Arc::new(Faults {
+            lose_blobs: std::sync::atomic::AtomicBool::new(true),
+            cached_failure: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let seen = fake.seen.clone();
+    let ws = workspace(10);
+    let out = build(&ws, &serve(fake));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(ws.read("out/a.txt"), "remote output of out/a.txt\n");
+    // The cached failure was not trusted: both executions skipped the server's cache.
+    assert_eq!(seen.lock().unwrap().executes, [true, true]);
+}
+
+#[test]
+fn a_symlink_output_is_refused() {
+    let fake = Fake {
+        faults: Arc::new(Faults {
+            symlink_output: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let ws = workspace(10);
+    let out = build(&ws, &serve(fake));
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).contains("output out/a.txt is a symlink (to /etc/passwd)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!ws.exists("out/a.txt") && !ws.exists("out/b.txt"));
 }
