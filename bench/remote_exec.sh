@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Executor benchmark: the generated 300-stage pipeline (10 roots, stage i reads stage i-10's
-# output) built from scratch locally, in the sandbox, and through buildbox-casd (REAPI on
+# output and appends its name, so that no two outputs are equal) built from scratch locally, in the sandbox, and through buildbox-casd (REAPI on
 # loopback, actions run by buildbox-run under bubblewrap): cold (an empty server), and from the
 # server's action cache in a fresh workspace. Reports the median of RUNS full builds and the
 # per-stage overhead over the local build.
@@ -54,10 +54,10 @@ workspace() {
         for (i = 0; i < n; i++) {
             printf "  s%d:\n", i
             if (i < 10) {
-                printf "    cmd: \"mkdir -p out && cat data/src.txt > out/s%d.txt\"\n", i
+                printf "    cmd: \"mkdir -p out && { cat data/src.txt; echo s%d; } > out/s%d.txt\"\n", i, i
                 print  "    inputs: [data/src.txt]"
             } else {
-                printf "    cmd: \"cat out/s%d.txt > out/s%d.txt\"\n", i - 10, i
+                printf "    cmd: \"{ cat out/s%d.txt; echo s%d; } > out/s%d.txt\"\n", i - 10, i, i
                 printf "    inputs: [out/s%d.txt]\n", i - 10
             }
             printf "    outputs: [out/s%d.txt]\n", i

@@ -1106,11 +1106,21 @@ impl RemoteExecutor {
         }
         self.upload(&prepared.blobs).await?;
         for attempt in 0..2 {
-            let response = self.execute_action(&prepared.action, skip_cache).await?;
             let retry_once = |fault: Fault| -> Result<Fault, Fault> {
                 match attempt {
                     0 => Ok(fault),
                     _ => Err(fault),
+                }
+            };
+            let response = match self.execute_action(&prepared.action, skip_cache).await {
+                Ok(response) => response,
+                // The operation was lost (a worker died, the server forgot it): once more.
+                Err(fault) => {
+                    retry_once(fault)?;
+                    self.forget(&prepared);
+                    self.upload(&prepared.blobs).await?;
+                    skip_cache = true;
+                    continue;
                 }
             };
             if let Some(status) = response.status.as_ref().filter(|s| s.code != 0) {

@@ -42,6 +42,8 @@ struct Faults {
     cached_failure: bool,
     /// The action "creates" its first output as a symlink.
     symlink_output: bool,
+    /// `WaitExecution` does not know the operation (its worker died): once.
+    lose_operation: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -403,6 +405,11 @@ impl re::execution_server::Execution for Fake {
     ) -> Result<Response<Self::WaitExecutionStream>, Status> {
         assert_eq!(request.into_inner().name, "operations/1");
         self.seen.lock().unwrap().waits += 1;
+        if self.faults.lose_operation.swap(false, Ordering::SeqCst) {
+            return Err(Status::not_found(
+                "operations/1: the worker running it went away",
+            ));
+        }
         // The operation finished meanwhile.
         let action = self.last_action.lock().unwrap().clone().unwrap();
         let done = self.run(&action)?;
@@ -656,4 +663,28 @@ fn a_symlink_output_is_refused() {
         stderr(&out)
     );
     assert!(!ws.exists("out/a.txt") && !ws.exists("out/b.txt"));
+}
+
+#[test]
+fn a_lost_operation_is_executed_again() {
+    let fake = Fake {
+        faults: Arc::new(Faults {
+            drop_stream: true,
+            lose_operation: std::sync::atomic::AtomicBool::new(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let seen = fake.seen.clone();
+    let ws = workspace(10);
+    let out = build(&ws, &serve(fake));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(ws.read("out/b.txt"), "remote output of out/b.txt\n");
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.executes,
+        [false, true],
+        "executed again, bypassing the server's cache"
+    );
+    assert_eq!(seen.waits, 2);
 }
