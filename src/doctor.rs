@@ -97,6 +97,7 @@ pub fn check(
             Some("fix the remote's settings (edgebuild.yaml, EDGEBUILD_REMOTE)"),
         )),
     }
+    executor_check(root, &mut found);
     git_state(root, &mut found);
     if let Ok(ctx) = workspace {
         profiles(ctx, &mut found);
@@ -239,6 +240,34 @@ fn credential_variables(url: &str) -> Option<&'static [&'static [&'static str]]>
         ]]),
         _ => None,
     }
+}
+
+/// The remote executor, when one is configured: reachable, and executing with SHA-256.
+fn executor_check(root: &Path, found: &mut Vec<Finding>) {
+    let settings = match crate::context::remote_exec_settings(root, &Default::default()) {
+        Ok(Some(settings)) => settings,
+        Ok(None) => return,
+        Err(e) => {
+            found.push(finding(
+                "executor",
+                Level::Fail,
+                e.to_string(),
+                Some("fix `remote_exec` in edgebuild.yaml or EDGEBUILD_REMOTE_EXEC"),
+            ));
+            return;
+        }
+    };
+    let local = Box::new(crate::exec::LocalExecutor::default());
+    let (level, message) = match crate::remote_exec::RemoteExecutor::new(&settings, local) {
+        Ok(executor) => match executor.probe() {
+            Ok(offer) => (Level::Ok, format!("{}: {offer}", executor.url())),
+            Err(status) => (Level::Fail, format!("{}: {status}", executor.url())),
+        },
+        Err(e) => (Level::Fail, e),
+    };
+    let fix = (level == Level::Fail)
+        .then_some("check the server, the URL and EDGEBUILD_REMOTE_EXEC_TOKEN / _HEADER_* (or build without --remote-exec)");
+    found.push(finding("executor", level, message, fix));
 }
 
 fn remote_check(remote: Option<&crate::remote::Remote>, found: &mut Vec<Finding>) {

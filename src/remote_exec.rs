@@ -436,6 +436,18 @@ impl RemoteExecutor {
         })
     }
 
+    /// `GetCapabilities`, for `doctor`: what the server offers, or why it cannot be used.
+    pub fn probe(&self) -> Result<String, String> {
+        self.runtime
+            .block_on(self.batch_limit())
+            .map(|limit| format!("executes actions, SHA-256, batch limit {limit} bytes"))
+            .map_err(|Fault(status)| status)
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     pub fn stats(&self) -> RemoteStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);

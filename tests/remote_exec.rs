@@ -234,3 +234,40 @@ fn an_op_for_a_platform_no_worker_has_is_a_clear_error() {
         "{text}"
     );
 }
+
+#[test]
+fn doctor_checks_the_configured_executor() {
+    let mut casd = Casd::start();
+    let ws = text();
+    ws.write(
+        "edgebuild.yaml",
+        &format!("remote_exec:\n  url: {}\n", casd.url()),
+    );
+    let executor = |ws: &Workspace| -> Value {
+        let out = ws.run(&["doctor", "--json"]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "executor")
+            .cloned()
+            .expect("an executor check")
+    };
+    let found = executor(&ws);
+    assert_eq!(found["level"], "ok", "{found}");
+    assert!(
+        found["message"]
+            .as_str()
+            .unwrap()
+            .contains("executes actions, SHA-256"),
+        "{found}"
+    );
+    casd.stop();
+    let found = executor(&ws);
+    assert_eq!(found["level"], "fail", "{found}");
+    assert!(
+        found["message"].as_str().unwrap().contains("Unavailable"),
+        "{found}"
+    );
+}
