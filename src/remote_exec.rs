@@ -695,7 +695,13 @@ impl RemoteExecutor {
     }
 
     /// `FindMissingBlobs`, then uploads what is missing.
-    async fn upload(&self, blobs: &HashMap<String, (re::Digest, Blob)>) -> Result<(), Fault> {
+        /// With `again`, every blob is sent whatever the server says it has: after an execution
+    /// failed on inputs the server could not stage, its own index is not to be trusted.
+    async fn upload(
+        &self,
+        blobs: &HashMap<String, (re::Digest, Blob)>,
+        again: bool,
+    ) -> Result<(), Fault> {
         let limit = self.batch_limit().await?;
         let wanted: Vec<re::Digest> = {
             let present = self.present.lock().expect("present");
@@ -708,20 +714,23 @@ impl RemoteExecutor {
         if wanted.is_empty() {
             return Ok(());
         }
-        let instance = self.instance.clone();
-        let missing = self
-            .retry(|| {
-                let mut cas = self.cas();
-                let request = re::FindMissingBlobsRequest {
-                    instance_name: instance.clone(),
-                    blob_digests: wanted.clone(),
-                    digest_function: re::digest_function::Value::Sha256 as i32,
-                };
-                async move { cas.find_missing_blobs(request).await }
-            })
-            .await?
-            .into_inner()
-            .missing_blob_digests;
+                let instance = self.instance.clone();
+        let missing = match again {
+            true => wanted.clone(),
+            false => self
+                .retry(|| {
+                    let mut cas = self.cas();
+                    let request = re::FindMissingBlobsRequest {
+                        instance_name: instance.clone(),
+                        blob_digests: wanted.clone(),
+                        digest_function: re::digest_function::Value::Sha256 as i32,
+                    };
+                    async move { cas.find_missing_blobs(request).await }
+                })
+                .await?
+                .into_inner()
+                .missing_blob_digests,
+        };
         // Batches for the small blobs; ByteStream for the large ones.
         let mut batch: Vec<re::batch_update_blobs_request::Request> = Vec::new();
         let mut batch_bytes = 0;
@@ -1116,7 +1125,7 @@ impl RemoteExecutor {
                 skip_cache = true;
             }
         }
-        self.upload(&prepared.blobs).await?;
+        self.upload(&prepared.blobs, false).await?;
         for attempt in 0..2 {
             let retry_once = |fault: Fault| -> Result<Fault, Fault> {
                 match attempt {
@@ -1130,7 +1139,7 @@ impl RemoteExecutor {
                 Err(fault) => {
                     retry_once(fault)?;
                     self.forget(&prepared);
-                    self.upload(&prepared.blobs).await?;
+                    self.upload(&prepared.blobs, true).await?;
                     skip_cache = true;
                     continue;
                 }
@@ -1166,7 +1175,7 @@ impl RemoteExecutor {
                     | tonic::Code::Aborted => {
                         retry_once(fault)?;
                         self.forget(&prepared);
-                        self.upload(&prepared.blobs).await?;
+                        self.upload(&prepared.blobs, true).await?;
                         skip_cache = true;
                         continue;
                     }
