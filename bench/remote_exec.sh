@@ -31,14 +31,18 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 cp "$TARGET_DIR/release/edgebuild" "$WORK/edgebuild"
 BIN="$WORK/edgebuild"
 
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Each cold run gets a new server: a new port and a new cache directory (a stopping casd may
+# still touch its old one).
+SERVERS=0
 start_casd() {
-    rm -rf "$WORK/casd"; mkdir -p "$WORK/casd"
+    SERVERS=$((SERVERS + 1))
+    PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p "$WORK/casd-$SERVERS"
     "$BUILDBOX/buildbox-casd" --bind="127.0.0.1:$PORT" --buildbox-run="$BUILDBOX/buildbox-run" \
         --jobs="$REMOTE_JOBS" \
         --runner-arg=--ro-bind-mount=/usr:/usr --runner-arg=--ro-bind-mount=/usr/bin:/bin \
         --runner-arg=--ro-bind-mount=/usr/lib:/lib --runner-arg=--ro-bind-mount=/usr/lib64:/lib64 \
-        --runner-arg=--ro-bind-mount=/etc:/etc "$WORK/casd" >/dev/null 2>&1 &
+        --runner-arg=--ro-bind-mount=/etc:/etc --log-level=warning "$WORK/casd-$SERVERS" >>"$WORK/casd.log" 2>&1 &
     CASD_PID=$!
     for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return; sleep 0.05; done
     echo "buildbox-casd did not start" >&2; exit 1
@@ -65,15 +69,21 @@ workspace() {
     }' >"$ws/pipelines/bench.yaml"
 }
 
-# One timed full build in a fresh workspace: prints seconds.
+# One timed full build in a fresh workspace: sets LAST to its seconds. (No command
+# substitution: the server's pid and port must stay in this shell.)
+LAST=
 timed() {
     local ws="$WORK/ws"
     workspace "$ws"
     local start end
     start=$(date +%s.%N)
-    (cd "$ws" && "$BIN" build "$@" >/dev/null 2>"$WORK/err") || { cat "$WORK/err" >&2; exit 1; }
+    (cd "$ws" && "$BIN" build "$@" >/dev/null 2>"$WORK/err") || {
+        tail -n 5 "$WORK/err" >&2
+        [[ -s $WORK/casd.log ]] && { echo "--- buildbox-casd:" >&2; tail -n 20 "$WORK/casd.log" >&2; }
+        exit 1
+    }
     end=$(date +%s.%N)
-    echo "$end - $start" | bc
+    LAST=$(echo "$end - $start" | bc)
 }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
@@ -82,7 +92,7 @@ declare -A TIME
 run_mode() {
     local name=$1; shift
     local times=()
-    for _ in $(seq "$RUNS"); do times+=("$("$@")"); done
+    for _ in $(seq "$RUNS"); do "$@"; times+=("$LAST"); done
     TIME[$name]=$(median "${times[@]}")
 }
 
