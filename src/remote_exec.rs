@@ -695,7 +695,7 @@ impl RemoteExecutor {
     }
 
     /// `FindMissingBlobs`, then uploads what is missing.
-        /// With `again`, every blob is sent whatever the server says it has: after an execution
+    /// With `again`, every blob is sent whatever the server says it has: after an execution
     /// failed on inputs the server could not stage, its own index is not to be trusted.
     async fn upload(
         &self,
@@ -714,11 +714,11 @@ impl RemoteExecutor {
         if wanted.is_empty() {
             return Ok(());
         }
-                let instance = self.instance.clone();
+        let instance = self.instance.clone();
         let missing = match again {
             true => wanted.clone(),
-            false => self
-                .retry(|| {
+            false => {
+                self.retry(|| {
                     let mut cas = self.cas();
                     let request = re::FindMissingBlobsRequest {
                         instance_name: instance.clone(),
@@ -729,7 +729,8 @@ impl RemoteExecutor {
                 })
                 .await?
                 .into_inner()
-                .missing_blob_digests,
+                .missing_blob_digests
+            }
         };
         // Batches for the small blobs; ByteStream for the large ones.
         let mut batch: Vec<re::batch_update_blobs_request::Request> = Vec::new();
