@@ -329,8 +329,9 @@ pub enum RolloutAction {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Stop targeting more devices (abort conditions are still watched).
+    /// Stop targeting more devices and advancing (abort conditions are still watched).
     Pause(RolloutChange),
+    /// Continue a paused rollout; the stage's soak time starts again.
     Resume(RolloutChange),
     /// Stop the rollout and send the devices it reached the pre-signed rollback.
     Abort(RolloutChange),

@@ -690,18 +690,18 @@ impl Setup {
 fn operators_pause_resume_and_abort_and_tokens_guard_the_api() {
     let setup = setup();
     let (server, token) = Server::start(Path::new(&setup.public));
-    // Tokens: nothing without one; the admin token is not a device token.
-    assert_eq!(http(&server, "GET", "/v1/admin/stats", "wrong").0, 401);
-    assert_eq!(
+    let assignment = |token: &str| {
         http(
             &server,
             "GET",
             "/v1/device/assignment?pipeline=digits",
-            &token
+            token,
         )
-        .0,
-        401
-    );
+        .0
+    };
+    // Tokens: nothing without one; the admin token is not a device token.
+    assert_eq!(http(&server, "GET", "/v1/admin/stats", "wrong").0, 401);
+    assert_eq!(assignment(&token), 401);
     let out = setup.edgebuild(&server, "wrong", &["rollout", "status"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -715,39 +715,12 @@ fn operators_pause_resume_and_abort_and_tokens_guard_the_api() {
         .lines()
         .map(|l| l.split(' ').nth(1).unwrap())
         .collect();
-    assert_eq!(
-        http(
-            &server,
-            "GET",
-            "/v1/device/assignment?pipeline=digits",
-            tokens[0]
-        )
-        .0,
-        204
-    );
+    assert_eq!(assignment(tokens[0]), 204);
     let out = setup.edgebuild(&server, &token, &["fleet", "enroll", "bench-1"]);
     assert_eq!(out.status.code(), Some(2), "enrolled once");
     setup.ok(&server, &token, &["fleet", "revoke", "bench-1"]);
-    assert_eq!(
-        http(
-            &server,
-            "GET",
-            "/v1/device/assignment?pipeline=digits",
-            tokens[0]
-        )
-        .0,
-        401
-    );
-    assert_eq!(
-        http(
-            &server,
-            "GET",
-            "/v1/device/assignment?pipeline=digits",
-            tokens[1]
-        )
-        .0,
-        204
-    );
+    assert_eq!(assignment(tokens[0]), 401);
+    assert_eq!(assignment(tokens[1]), 204);
     // Stored hashed: no token is in the database or its write-ahead log.
     for file in ["fleet.sqlite", "fleet.sqlite-wal"] {
         let bytes = std::fs::read(server.db.with_file_name(file)).unwrap_or_default();
