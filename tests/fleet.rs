@@ -911,7 +911,7 @@ fn a_device_that_never_confirms_counts_as_failed_after_the_timeout() {
     setup.ws.write(
         "deploy/short.yaml",
         &ALL_AT_ONCE
-            .replace("confirm_timeout: 60s", "confirm_timeout: 500ms")
+            .replace("confirm_timeout: 60s", "confirm_timeout: 3s")
             .replace("min_reports: 5", "min_reports: 2")
             .replace("max_failure_rate: 0.2", "max_failure_rate: 0.3"),
     );

@@ -611,7 +611,7 @@ fn ctrl_c_cancels_the_remote_operation() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // Time for the client to read the queued operation's name.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(std::time::Duration::from_millis(1000));
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
