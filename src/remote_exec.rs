@@ -168,6 +168,56 @@ fn message_digest(message: &impl Message) -> (re::Digest, Vec<u8>) {
     )
 }
 
+/// A blob's bytes in chunks of [`CHUNK`], as (offset, bytes); a file is read as it goes.
+enum Chunks {
+    Bytes(Arc<Vec<u8>>, usize),
+    File(std::fs::File, usize, usize),
+}
+
+impl Chunks {
+    fn new(blob: Blob, total: usize) -> std::io::Result<Chunks> {
+        Ok(match blob {
+            Blob::Bytes(bytes) => Chunks::Bytes(bytes, 0),
+            Blob::File(path) => Chunks::File(std::fs::File::open(path)?, 0, total),
+        })
+    }
+}
+
+impl Iterator for Chunks {
+    type Item = (usize, Vec<u8>);
+
+    fn next(&mut self) -> Option<(usize, Vec<u8>)> {
+        match self {
+            Chunks::Bytes(bytes, offset) => {
+                // An empty blob is one empty chunk that finishes the write.
+                if *offset > bytes.len() || (*offset == bytes.len() && *offset > 0) {
+                    return None;
+                }
+                let end = (*offset + CHUNK).min(bytes.len());
+                let item = (*offset, bytes[*offset..end].to_vec());
+                *offset = if end == *offset { end + 1 } else { end };
+                Some(item)
+            }
+            Chunks::File(file, offset, total) => {
+                if *offset >= *total && *offset > 0 {
+                    return None;
+                }
+                let want = CHUNK.min(*total - *offset);
+                let mut data = vec![0; want];
+                // A short read (the file shrank) ends the stream; the server then refuses it.
+                let read = std::io::Read::read(file, &mut data).ok()?;
+                if read == 0 && want > 0 {
+                    return None;
+                }
+                data.truncate(read);
+                let item = (*offset, data);
+                *offset = if read == 0 { 1 } else { *offset + read };
+                Some(item)
+            }
+        }
+    }
+}
+
 /// A stage as REAPI messages, with every blob they name.
 struct Prepared {
     action: re::Digest,
@@ -809,16 +859,15 @@ impl RemoteExecutor {
         Ok(())
     }
 
+    /// A ByteStream upload in 1 MiB chunks, read from the file as they are sent (weights are
+    /// never held whole in memory).
     async fn write_bytestream(&self, digest: &re::Digest, blob: &Blob) -> Result<(), Fault> {
-        let data = Arc::new(
-            blob.read()
-                .map_err(|e| Fault(format!("reading an input: {e}")))?,
-        );
         let prefix = if self.instance.is_empty() {
             String::new()
         } else {
             format!("{}/", self.instance)
         };
+        let total = digest.size_bytes.max(0) as usize;
         self.retry(|| {
             let resource = format!(
                 "{prefix}uploads/{}/blobs/{}/{}",
@@ -826,26 +875,21 @@ impl RemoteExecutor {
                 digest.hash,
                 digest.size_bytes
             );
-            let data = data.clone();
             let mut client = self.bytestream();
+            let chunks = Chunks::new(blob.clone(), total);
             async move {
-                let total = data.len();
-                let requests: Vec<bytestream::WriteRequest> = (0..total.max(1))
-                    .step_by(CHUNK)
-                    .map(|offset| {
-                        let end = (offset + CHUNK).min(total);
-                        bytestream::WriteRequest {
-                            resource_name: if offset == 0 {
-                                resource.clone()
-                            } else {
-                                String::new()
-                            },
-                            write_offset: offset as i64,
-                            finish_write: end == total,
-                            data: data[offset..end].to_vec(),
-                        }
-                    })
-                    .collect();
+                let chunks = chunks
+                    .map_err(|e| tonic::Status::internal(format!("reading an input: {e}")))?;
+                let requests = chunks.map(move |(offset, data)| bytestream::WriteRequest {
+                    resource_name: if offset == 0 {
+                        resource.clone()
+                    } else {
+                        String::new()
+                    },
+                    write_offset: offset as i64,
+                    finish_write: offset + data.len() >= total,
+                    data,
+                });
                 let response = client
                     .write(tokio_stream::iter(requests))
                     .await?
@@ -1669,6 +1713,28 @@ mod tests {
             b.files[0].digest.as_ref().unwrap().hash,
             Digest::of_bytes(b"a").hex()
         );
+    }
+
+    #[test]
+    fn uploads_stream_files_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.bin");
+        let bytes: Vec<u8> = (0..(2 * CHUNK + CHUNK / 2))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let chunks: Vec<(usize, Vec<u8>)> = Chunks::new(Blob::File(path), bytes.len())
+            .unwrap()
+            .collect();
+        let offsets: Vec<usize> = chunks.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, [0, CHUNK, 2 * CHUNK]);
+        let joined: Vec<u8> = chunks.iter().flat_map(|(_, b)| b.clone()).collect();
+        assert_eq!(joined, bytes);
+        let in_memory: Vec<(usize, Vec<u8>)> =
+            Chunks::new(Blob::Bytes(Arc::new(bytes.clone())), bytes.len())
+                .unwrap()
+                .collect();
+        assert_eq!(in_memory, chunks);
     }
 
     #[test]
