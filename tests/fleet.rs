@@ -947,3 +947,30 @@ fn a_device_that_never_confirms_counts_as_failed_after_the_timeout() {
         "{reason}"
     );
 }
+
+#[test]
+fn a_share_of_devices_failing_to_install_aborts_a_first_release() {
+    let setup = setup();
+    let (server, token) = Server::start(Path::new(&setup.public));
+    setup.start(&server, &token, 1, "all");
+    let summary = setup.simulate(&server, &token, 20, &["--fail-install", "0.5"]);
+    let failures = summary["install_failures"].as_u64().unwrap();
+    assert!((4..=16).contains(&failures), "about half of 20: {failures}");
+    let status = setup.status(&server, &token, 1);
+    assert_eq!(
+        status["state"], "aborted",
+        "a first release has no rollback: {status:#}"
+    );
+    let reason = status["audit"][1]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("failure rate") && reason.contains("is above 20.0%"),
+        "{reason}"
+    );
+    assert!(reason.contains("no rollback manifest"), "{reason}");
+    // The devices that failed still run nothing; the others kept release 1.
+    let running = setup.devices();
+    assert_eq!(
+        running.iter().filter(|(r, _)| *r == 0).count() as u64,
+        failures
+    );
+}
