@@ -116,6 +116,10 @@ pub fn decide(policy: &Policy, stage: usize, elapsed_ms: i64, total: &StageStatu
     if total.pending > 0 {
         return Decision::Wait(format!("{} device(s) have not reported", total.pending));
     }
+    // A rollout that reached nobody proves nothing: it does not complete on an empty fleet.
+    if stage + 1 == policy.stages.len() && total.targeted == 0 {
+        return Decision::Wait("no device enrolled yet".into());
+    }
     let confidence = match (total.baseline_confidence, total.new_confidence) {
         (Some(b), Some(a)) => format!("; confidence {b:.4} -> {a:.4} on {} devices", total.paired),
         _ => String::new(),
@@ -374,6 +378,17 @@ mod tests {
             matches!(&d, Decision::Abort(r) if r.contains("2 timed out")),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn an_empty_fleet_does_not_complete_a_rollout() {
+        let p = policy();
+        let none = totals(&stage_statuses(&p, &[], 5000));
+        assert!(
+            matches!(decide(&p, 0, 5000, &none), Decision::Advance(_)),
+            "a small share may be empty"
+        );
+        assert!(matches!(decide(&p, 1, 5000, &none), Decision::Wait(w) if w.contains("no device")));
     }
 
     #[test]

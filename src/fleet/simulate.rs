@@ -567,6 +567,16 @@ async fn run(
     let mut rounds = 0;
     loop {
         rounds += 1;
+        // Settled means: the rollout was over before a round in which no device had anything
+        // to do (checked after the round, a rollback decided meanwhile would be missed).
+        let over_before = match (options.until_settled, &admin_token) {
+            (true, Some(_)) => match rollout_over(&admin, &options.pipeline).await {
+                Ok(over) => over.is_some(),
+                Err(FleetError::Unreachable { .. }) => false,
+                Err(e) => return Err(e),
+            },
+            _ => false,
+        };
         let mut tasks = tokio::task::JoinSet::new();
         for (index, mut device) in devices.drain(..).enumerate() {
             let fleet = fleet.clone();
@@ -595,15 +605,9 @@ async fn run(
             *record = device.record.clone();
         }
         save_state(&options.state, &state)?;
-        if options.until_settled && !acted && admin_token.is_some() {
-            match rollout_over(&admin, &options.pipeline).await {
-                Ok(Some(_)) => {
-                    settled = true;
-                    break;
-                }
-                Ok(None) | Err(FleetError::Unreachable { .. }) => {}
-                Err(e) => return Err(e),
-            }
+        if over_before && !acted {
+            settled = true;
+            break;
         }
         if !options.until_settled && rounds > 0 && !acted {
             settled = true;
