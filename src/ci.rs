@@ -81,6 +81,7 @@ fn outcome_word(outcome: Outcome) -> &'static str {
         Outcome::Ran => "ran",
         Outcome::Failed => "failed",
         Outcome::GateFailed => "gate failed",
+        Outcome::AwaitingSignOff => "awaiting sign-off",
         Outcome::Blocked => "blocked",
         Outcome::NotStarted => "not started",
     }
@@ -133,7 +134,7 @@ pub fn junit(ctx: &Context, report: &BuildReport) -> String {
     for result in &report.stages {
         let status = match result.outcome {
             Outcome::UpToDate | Outcome::Restored | Outcome::Ran => TestCaseStatus::success(),
-            Outcome::Failed | Outcome::GateFailed => {
+            Outcome::Failed | Outcome::GateFailed | Outcome::AwaitingSignOff => {
                 let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
                 status.set_message(
                     result

@@ -237,6 +237,16 @@ pub enum Command {
     /// model.
     #[command(subcommand)]
     Device(DeviceAction),
+    /// Sign off a manual stage's checklist for exactly its current inputs (recorded in
+    /// pipelines/PIPELINE.approvals.json, to commit with the lock); what depends on it can then
+    /// build.
+    Approve {
+        /// The manual stage (PIPELINE:STAGE, or its name).
+        stage: String,
+        /// Who signs (default: git's user.name, else $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Run one op from its description, in the current directory: what a remote worker runs
     /// for a built-in op stage. Internal.
     #[command(hide = true)]
@@ -599,6 +609,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if !gates.is_empty() {
                 return Err(Error::GatesFailed {
                     stages: gates.join(", "),
+                });
+            }
+            let waiting = report.with_outcome(Outcome::AwaitingSignOff);
+            if !waiting.is_empty() {
+                return Err(Error::AwaitingSignOff {
+                    stages: waiting.join(", "),
                 });
             }
             Ok(ExitCode::Ok)
@@ -1015,6 +1031,39 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::Ok)
         }
         Command::RunOp { description } => Ok(crate::remote_exec::run_op(&description)),
+        Command::Approve { stage, by } => {
+            let ctx = Context::open(&options, Access::Write)?;
+            // PIPELINE:STAGE, or a stage name only one pipeline has.
+            let named: Vec<usize> = match ctx.ws.stage_index(&stage) {
+                Some(index) => vec![index],
+                None => (0..ctx.ws.stages.len())
+                    .filter(|&i| ctx.ws.stages[i].name == stage)
+                    .collect(),
+            };
+            let [index] = named[..] else {
+                return Err(Error::usage(
+                    format!(
+                        "`{stage}` names {} stages; name one manual stage",
+                        named.len()
+                    ),
+                    Some("say PIPELINE:STAGE".into()),
+                ));
+            };
+            let by = crate::approve::signer(ctx.root(), by);
+            let signed = crate::approve::approve(&ctx, index, &by)?;
+            let spec = &ctx.ws.stages[index];
+            eprintln!(
+                "signed off {} as {by} for its current inputs (key {}): {}; commit it with the lock",
+                spec.id,
+                signed.key.short(),
+                crate::approve::approvals_file(
+                    std::path::Path::new(""),
+                    &ctx.ws.pipelines[spec.pipeline].name
+                )
+                .display()
+            );
+            Ok(ExitCode::Ok)
+        }
         Command::Fleet(action) => run_fleet(action),
         Command::Rollout(action) => run_rollout(action, &options),
         Command::Device(action) => run_device(action),

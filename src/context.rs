@@ -358,6 +358,12 @@ impl Context {
     pub fn ingredients(&self, stage: &Stage, inputs: Vec<InputIngredient>) -> Ingredients {
         let (cmd, op, fingerprint) = match &stage.action {
             Action::Cmd(template) => (Some(template.clone()), None, BTreeMap::new()),
+            // The checklist is part of the key: a changed list needs a new sign-off.
+            Action::Manual(items) => (
+                Some(format!("manual:\n- {}", items.join("\n- "))),
+                None,
+                BTreeMap::new(),
+            ),
             Action::Op { name, version } => (
                 None,
                 Some(OpIdentity {

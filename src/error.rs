@@ -88,6 +88,15 @@ pub enum Error {
         )
     )]
     GatesFailed { stages: String },
+
+    #[error("awaiting sign-off: {stages}")]
+    #[diagnostic(
+        code(edgebuild::awaiting_sign_off),
+        help(
+            "a person checks each item listed above, then runs `edgebuild approve STAGE`; what depends on it waits until then"
+        )
+    )]
+    AwaitingSignOff { stages: String },
 }
 
 impl Error {
@@ -97,7 +106,7 @@ impl Error {
             Error::Store(_) | Error::Io { .. } | Error::StagesFailed { .. } => {
                 ExitCode::StageFailed
             }
-            Error::GatesFailed { .. } => ExitCode::GateFailed,
+            Error::GatesFailed { .. } | Error::AwaitingSignOff { .. } => ExitCode::GateFailed,
             Error::Verify(e) => e.exit_code(),
             Error::Remote(crate::remote::RemoteError::Unavailable { .. }) => {
                 ExitCode::RemoteUnavailable

@@ -154,6 +154,11 @@ impl Executor for LocalExecutor {
                 process.current_dir(job.root);
                 run_shell(process, job, &self.variation_env)
             }
+            Action::Manual(_) => Err(ExecFailure {
+                message: "a manual stage is signed off with `edgebuild approve`, never run".into(),
+                log_tail: Vec::new(),
+                bad_input: true,
+            }),
             Action::Op { name, .. } => {
                 let op = crate::ops::find(name).ok_or_else(|| ExecFailure {
                     message: format!("unknown op `{name}`"),
@@ -201,6 +206,8 @@ pub enum Outcome {
     Ran,
     Failed,
     GateFailed,
+    /// A manual stage whose checklist is not signed off for its current inputs.
+    AwaitingSignOff,
     /// A dependency failed.
     Blocked,
     /// Not started because the build stopped after a failure (no `--keep-going`).
@@ -360,6 +367,7 @@ fn describe(result: &StageResult) -> Option<String> {
         }
         Outcome::Restored => format!("restored {}{}", result.stage, why()),
         Outcome::GateFailed => format!("GATE FAILED {}", result.stage),
+        Outcome::AwaitingSignOff => format!("AWAITS SIGN-OFF {}", result.stage),
         Outcome::Failed => format!(
             "FAILED   {}: {}",
             result.stage,
@@ -646,6 +654,12 @@ fn process(
     let ingredients = ctx.ingredients(spec, inputs);
     let key = ingredients.key();
     result.key = Some(key);
+    if let Action::Manual(checklist) = &spec.action {
+        return finish(
+            sign_off(ctx, stage, key, ingredients, checklist, result),
+            started,
+        );
+    }
 
     let (outputs, gate_passed) = match plan::decide(ctx, stage, &ingredients, key) {
         Decision::UpToDate {
@@ -697,7 +711,7 @@ fn process(
     };
     let is_gate = match &spec.action {
         Action::Op { name, .. } => crate::ops::find(name).is_some_and(|op| op.is_gate()),
-        Action::Cmd(_) => false,
+        Action::Cmd(_) | Action::Manual(_) => false,
     };
     let gate = is_gate.then_some(if gate_passed {
         GateVerdict::Passed
@@ -726,6 +740,44 @@ fn process(
     finish(result, started)
 }
 
+/// A manual stage: done when a sign-off matches its key, awaiting one otherwise.
+fn sign_off(
+    ctx: &Context,
+    stage: usize,
+    key: Digest,
+    ingredients: crate::key::Ingredients,
+    checklist: &[String],
+    mut result: StageResult,
+) -> StageResult {
+    let id = &ctx.ws.stages[stage].id;
+    match crate::approve::signed_off(ctx, stage, key) {
+        Some(by) => {
+            let current = ctx.locked(stage).is_some_and(|l| l.key == key);
+            result.outcome = if current {
+                Outcome::UpToDate
+            } else {
+                Outcome::Ran
+            };
+            result.log = vec![format!("signed off by {by}")];
+            result.locked = Some(LockedStage {
+                key,
+                ingredients,
+                outputs: BTreeMap::new(),
+                gate: None,
+            });
+            result.outputs = Some(Arc::new(BTreeMap::new()));
+        }
+        None => {
+            result.outcome = Outcome::AwaitingSignOff;
+            result.log = checklist.iter().map(|item| format!("[ ] {item}")).collect();
+            result.log.push(format!(
+                "check each item, then sign off for these inputs: edgebuild approve {id}"
+            ));
+        }
+    }
+    result
+}
+
 fn finish(mut result: StageResult, started: Instant) -> StageResult {
     result.duration_ms = started.elapsed().as_millis() as u64;
     result
@@ -747,7 +799,7 @@ fn restore_or_run(
         let spec = &ctx.ws.stages[stage];
         let op = match &spec.action {
             Action::Op { name, .. } => crate::ops::find(name).filter(|op| op.is_gate()),
-            Action::Cmd(_) => None,
+            Action::Cmd(_) | Action::Manual(_) => None,
         };
         let Some(op) = op else { return Ok(()) };
         let outputs = spec
@@ -877,7 +929,7 @@ fn run(
                 return None;
             }
         },
-        Action::Op { .. } => None,
+        Action::Op { .. } | Action::Manual(_) => None,
     };
     let job = Job {
         stage: spec,

@@ -10,6 +10,7 @@
 // Errors carry the pipeline source for their diagnostics; they are rare, so their size is fine.
 #![allow(clippy::result_large_err)]
 
+pub mod approve;
 pub mod ci;
 pub mod cli;
 pub mod compare;

@@ -632,6 +632,7 @@ impl RemoteExecutor {
                 .map_err(|e| format!("input {}: {e}", input.path))?;
         }
         let arguments = match &stage.action {
+            Action::Manual(_) => return Err("a manual stage is signed off, never executed".into()),
             Action::Cmd(_) => vec![
                 "sh".to_string(),
                 "-c".to_string(),
@@ -1282,7 +1283,7 @@ impl RemoteExecutor {
             .await;
         let op = match &job.stage.action {
             Action::Op { name, .. } => crate::ops::find(name),
-            Action::Cmd(_) => None,
+            Action::Cmd(_) | Action::Manual(_) => None,
         };
         let outcome = match (result.exit_code, op) {
             (0, _) => OpOutcome::Success,

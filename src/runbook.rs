@@ -145,6 +145,7 @@ pub fn markdown(ctx: &Context, pipeline: usize) -> String {
         let what = match &stage.action {
             Action::Op { name, version } => format!("built-in op `{name}` v{version}"),
             Action::Cmd(_) => "shell command".to_string(),
+            Action::Manual(_) => "manual step".to_string(),
         };
         writeln!(w, "### {}. `{}` ({what})\n", n + 1, stage.name).unwrap();
         if let Some(description) = &stage.description {
@@ -152,6 +153,18 @@ pub fn markdown(ctx: &Context, pipeline: usize) -> String {
         }
         if let Action::Cmd(cmd) = &stage.action {
             writeln!(w, "```sh\n{cmd}\n```\n").unwrap();
+        }
+        if let Action::Manual(items) = &stage.action {
+            writeln!(
+                w,
+                "A person checks, then signs off for exactly these inputs with `edgebuild approve {}`; what depends on it waits until then:\n",
+                stage.id
+            )
+            .unwrap();
+            for item in items {
+                writeln!(w, "- [ ] {item}").unwrap();
+            }
+            writeln!(w).unwrap();
         }
         let ports = |ports: &[crate::spec::Port]| {
             ports

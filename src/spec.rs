@@ -200,6 +200,8 @@ struct RawStage {
     #[serde(default)]
     op: Option<Spanned<String>>,
     #[serde(default)]
+    manual: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
     inputs: RawPorts,
     #[serde(default)]
     outputs: RawPorts,
@@ -279,6 +281,10 @@ pub enum Action {
     Cmd(String),
     /// A built-in op by name and version.
     Op { name: String, version: u32 },
+    /// A manual step: a checklist a person signs off with `edgebuild approve` for exactly the
+    /// stage's current inputs (DECISIONS 24). It has no outputs and blocks its dependents until
+    /// then.
+    Manual(Vec<String>),
 }
 
 fn yes() -> bool {
@@ -852,8 +858,21 @@ fn parse_stage(
     }
 
     let (action, action_span) = match (&raw.cmd, &raw.op) {
-        (Some(cmd), None) => (Action::Cmd(cmd.value.clone()), span_of(cmd)),
-        (None, Some(op)) => match ops::find(&op.value) {
+        (None, None) if raw.manual.is_some() => {
+            let manual = raw.manual.as_ref().expect("checked");
+            let items: Vec<String> = manual.value.iter().map(|i| i.trim().to_string()).collect();
+            if items.is_empty() || items.iter().any(String::is_empty) {
+                errors.push(source.invalid(
+                    span_of(manual),
+                    format!("the checklist of manual stage {id} has an empty item or none"),
+                    "checklist",
+                    Some("list what a person checks, e.g. `- \"flashed and checked on the bench board\"`".into()),
+                ));
+            }
+            (Action::Manual(items), span_of(manual))
+        }
+        (Some(cmd), None) if raw.manual.is_none() => (Action::Cmd(cmd.value.clone()), span_of(cmd)),
+        (None, Some(op)) if raw.manual.is_none() => match ops::find(&op.value) {
             Some(found) => (
                 Action::Op {
                     name: found.name().to_string(),
@@ -877,21 +896,38 @@ fn parse_stage(
                 (Action::Cmd(String::new()), span_of(op))
             }
         },
-        (Some(cmd), Some(_)) => {
-            errors.push(source.invalid(
-                span_of(cmd),
-                format!("stage {id} has both `cmd` and `op`"),
-                "a stage is either a command or an op",
-                Some("keep one of `cmd:` and `op:`".into()),
-            ));
-            (Action::Cmd(String::new()), stage_span)
-        }
         (None, None) => {
             errors.push(source.invalid(
                 source.key_before(name, stage_span),
                 format!("stage {id} has neither `cmd` nor `op`"),
                 "nothing to run",
-                Some("add `cmd: \"...\"` (a shell command) or `op: NAME` (a built-in op)".into()),
+                Some("add `cmd: \"...\"` (a shell command), `op: NAME` (a built-in op) or `manual: [...]` (a checklist to sign off)".into()),
+            ));
+            (Action::Cmd(String::new()), stage_span)
+        }
+        (cmd, op) => {
+            let span = cmd
+                .as_ref()
+                .map(span_of)
+                .or(op.as_ref().map(span_of))
+                .unwrap_or(stage_span);
+            let present: Vec<&str> = [
+                ("`cmd`", cmd.is_some()),
+                ("`op`", op.is_some()),
+                ("`manual`", raw.manual.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(k, on)| on.then_some(k))
+            .collect();
+            let what = match present.as_slice() {
+                [a, b] => format!("both {a} and {b}"),
+                _ => "`cmd`, `op` and `manual`".to_string(),
+            };
+            errors.push(source.invalid(
+                span,
+                format!("stage {id} has {what}"),
+                "a stage is a command, an op or a manual step",
+                Some("keep one of `cmd:`, `op:` and `manual:`".into()),
             ));
             (Action::Cmd(String::new()), stage_span)
         }
@@ -1003,6 +1039,14 @@ fn parse_stage(
         action_span,
     };
 
+    if matches!(stage.action, Action::Manual(_)) && !stage.outputs.is_empty() {
+        errors.push(source.invalid(
+            stage.action_span,
+            format!("manual stage {id} declares outputs"),
+            "a manual step",
+            Some("a manual stage records a sign-off, it makes no files: drop `outputs` (dependents name it in `after`)".into()),
+        ));
+    }
     if let (Action::Cmd(template), Some(cmd)) = (&stage.action, &raw.cmd) {
         let cmd_span = span_of(cmd);
         if let Err(problem) = crate::subst::parse(template) {
