@@ -299,7 +299,7 @@ pub enum FleetAction {
         #[arg(long, value_name = "PATH")]
         key: PathBuf,
         /// How often the controller looks at the rollouts.
-        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::fleet::parse_duration)]
         tick: std::time::Duration,
     },
     /// Enroll devices; prints `ID TOKEN` per device (give each its token; it is stored hashed).
@@ -369,10 +369,6 @@ pub enum DeviceAction {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
-    crate::fleet::parse_duration(text)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

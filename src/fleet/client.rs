@@ -168,29 +168,18 @@ impl Client {
     }
 }
 
-/// reqwest's message without the URL it repeats.
+/// reqwest's message and its causes, without the URL (it may carry credentials or tokens).
 fn without_url(e: &reqwest::Error) -> String {
-    let mut text = e.without_url_ref().to_string();
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text
+            .replace(&format!(" ({url})"), "")
+            .replace(url.as_str(), "URL");
+    }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         text = format!("{text}: {s}");
         source = s.source();
     }
     text
-}
-
-trait WithoutUrl {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrl for reqwest::Error {
-    fn without_url_ref(&self) -> String {
-        let text = self.to_string();
-        match self.url() {
-            Some(url) => text
-                .replace(&format!(" ({url})"), "")
-                .replace(url.as_str(), "URL"),
-            None => text,
-        }
-    }
 }

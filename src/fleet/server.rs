@@ -507,11 +507,8 @@ async fn rollout_action(
         );
         let now = now_ms();
         let done = match (action.as_str(), rollout.state) {
-            ("pause", Running) | ("resume", Paused) => {
-                let (to, event) = match action.as_str() {
-                    "pause" => (Paused, "pause"),
-                    _ => (Running, "resume"),
-                };
+                        ("pause", Running) | ("resume", Paused) => {
+                let to = if rollout.state == Running { Paused } else { Running };
                 let change = Transition {
                     id,
                     from: rollout.state,
@@ -519,8 +516,8 @@ async fn rollout_action(
                     to,
                     stage: rollout.stage,
                     // Time spent paused is not soak time.
-                    restart_clock: to == Running,
-                    event,
+                                        restart_clock: to == Running,
+                    event: &action,
                     reason: &reason,
                 };
                 store.transition(&change, now)?

@@ -27,7 +27,7 @@ use crate::model::QuantModel;
 use crate::release::SignedManifest;
 
 /// What to simulate (the flags of `edgebuild device simulate`).
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
     /// The fleet server's URL.
     #[arg(long, env = super::SERVER_ENV, value_name = "URL")]
@@ -122,19 +122,14 @@ enum Message {
 /// Shared by every device of the run.
 struct Fleet {
     client: Client,
-    options: SimulateOptionsShared,
+    options: SimulateArgs,
+    /// The release key the devices trust.
+    key: VerifyingKey,
     models: Mutex<HashMap<Digest, Arc<QuantModel>>>,
-    data: Mutex<Option<(Vec<usize>, Tensor)>>,
+    /// The held-out inputs, loaded once the first model tells their shape.
+    data: Mutex<Option<Tensor>>,
     latencies: Mutex<Vec<u32>>,
     counters: Mutex<Summary>,
-}
-
-struct SimulateOptionsShared {
-    pipeline: String,
-    key: VerifyingKey,
-    data: PathBuf,
-    samples_per_device: usize,
-    fail_install: f64,
 }
 
 /// A device's life in this run.
@@ -211,11 +206,10 @@ impl Fleet {
             let mut data = self.data.lock().expect("data");
             if data.is_none() {
                 let set = crate::data::Dataset::load(&self.options.data, &model.arch.input_shape)?;
-                let n = set.len();
-                *data = Some(((0..n).collect(), set.x));
+                *data = Some(set.x);
             }
-            let (all, x) = data.as_ref().expect("loaded");
-            let n = all.len();
+            let x = data.as_ref().expect("loaded");
+            let n = x.dims().first().copied().unwrap_or(0).max(1);
             let k = self.options.samples_per_device.min(n).max(1);
             let start = (unit_hash(&device.record.id) * n as f64) as usize;
             let picked: Vec<u32> = (0..k).map(|i| ((start + i * 7) % n) as u32).collect();
@@ -359,7 +353,7 @@ impl Fleet {
         let release = signed.manifest.release;
         // Signature, number and pipeline first: nothing is downloaded for a manifest the device
         // refuses.
-        if let Err(e) = signed.verify_signature(&self.options.key, device.record.release) {
+        if let Err(e) = signed.verify_signature(&self.key, device.record.release) {
             return self.give_up(device, release, e.to_string());
         }
         if signed.manifest.pipeline != self.options.pipeline {
@@ -538,13 +532,8 @@ async fn run(
     }
     let fleet = Arc::new(Fleet {
         client: admin.clone(),
-        options: SimulateOptionsShared {
-            pipeline: options.pipeline.clone(),
-            key,
-            data: options.data.clone(),
-            samples_per_device: options.samples_per_device,
-            fail_install: options.fail_install,
-        },
+        options: options.clone(),
+        key,
         models: Mutex::default(),
         data: Mutex::default(),
         latencies: Mutex::default(),
@@ -601,10 +590,13 @@ async fn run(
         }
         back.sort_by_key(|(i, _)| *i);
         devices = back.into_iter().map(|(_, d)| d).collect();
-        for (record, device) in state.devices.iter_mut().zip(&devices) {
-            *record = device.record.clone();
+        // A quiet round changed no device: nothing to write.
+        if acted {
+            for (record, device) in state.devices.iter_mut().zip(&devices) {
+                *record = device.record.clone();
+            }
+            save_state(&options.state, &state)?;
         }
-        save_state(&options.state, &state)?;
         if over_before && !acted {
             settled = true;
             break;
