@@ -1,0 +1,157 @@
+//! `evaluate`: the float model against the quantized model on a held-out set.
+//!
+//! The float model runs with candle on the safetensors weights; the quantized model runs the
+//! GGUF through candle's quantized kernels (`QMatMul`), the path a device runtime takes, never
+//! dequantize-then-float (DECISIONS 13). Metrics: top-1 accuracy of each, the drop in points,
+//! top-1 agreement, mean and p99 KL divergence between their output distributions, and the
+//! largest absolute difference between their raw outputs.
+
+use serde::Deserialize;
+
+use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
+use crate::data::Dataset;
+use crate::model::{Architecture, FloatWeights, QuantModel, forward, probabilities};
+
+pub struct Evaluate;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvaluateParams {
+    #[serde(default = "default_batch")]
+    batch_size: usize,
+}
+
+fn default_batch() -> usize {
+    256
+}
+
+/// Rounds a metric to 6 decimals so reports stay readable and stable.
+pub fn round6(v: f64) -> f64 {
+    (v * 1e6).round() / 1e6
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0
+}
+
+/// Percentile (nearest rank) of unsorted values.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+impl Op for Evaluate {
+    fn name(&self) -> &'static str {
+        "evaluate"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn check(&self, stage: &edgebuild_engine::stage::Stage) -> Result<(), String> {
+        edgebuild_engine::op::check_ports(
+            stage,
+            &["weights", "architecture", "model", "data"],
+            &[],
+            &["metrics"],
+        )
+    }
+
+    fn fingerprint(&self) -> std::collections::BTreeMap<String, String> {
+        super::candle_fingerprint()
+    }
+
+    fn run(&self, ctx: &OpContext) -> Result<OpOutcome, OpError> {
+        let params: EvaluateParams = edgebuild_engine::op::params(ctx)?;
+        let arch = Architecture::load(ctx.input("architecture")?).map_err(OpError::BadInput)?;
+        let weights =
+            FloatWeights::load(ctx.input("weights")?, &arch).map_err(OpError::BadInput)?;
+        let quant = QuantModel::load(ctx.input("model")?).map_err(OpError::BadInput)?;
+        if quant.arch != arch {
+            return Err(OpError::BadInput(format!(
+                "{}: the GGUF was built from a different architecture than {}",
+                ctx.stage_id,
+                ctx.input("architecture")?.display()
+            )));
+        }
+        let data_path = ctx.input("data")?;
+        let data = Dataset::load(data_path, &arch.input_shape).map_err(OpError::BadInput)?;
+        let labels = data.labels(data_path).map_err(OpError::BadInput)?;
+        let classes = arch.classes().map_err(OpError::BadInput)?;
+        if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes) {
+            return Err(OpError::BadInput(format!(
+                "{}: label {bad} is out of range for a model with {classes} classes",
+                data_path.display()
+            )));
+        }
+
+        let n = data.len();
+        let (mut float_ok, mut quant_ok, mut agree) = (0usize, 0usize, 0usize);
+        let mut klds = Vec::with_capacity(n);
+        let mut max_abs = 0f64;
+        let batch = params.batch_size.max(1);
+        for start in (0..n).step_by(batch) {
+            let len = batch.min(n - start);
+            let x = data.x.narrow(0, start, len).map_err(super::candle)?;
+            let float_out = forward(&arch, &weights, &x).map_err(super::candle)?;
+            let quant_out = quant.forward(&x).map_err(super::candle)?;
+            max_abs = max_abs.max(
+                (&float_out - &quant_out).map_err(super::candle)?
+                    .abs().map_err(super::candle)?
+                    .flatten_all().map_err(super::candle)?
+                    .max(0).map_err(super::candle)?
+                    .to_scalar::<f32>().map_err(super::candle)? as f64,
+            );
+            let p = probabilities(&arch, &float_out).map_err(super::candle)?.to_vec2::<f32>().map_err(super::candle)?;
+            let q = probabilities(&arch, &quant_out).map_err(super::candle)?.to_vec2::<f32>().map_err(super::candle)?;
+            for (i, (p_row, q_row)) in p.iter().zip(&q).enumerate() {
+                let (fp, qp) = (argmax(p_row), argmax(q_row));
+                let label = labels[start + i] as usize;
+                float_ok += usize::from(fp == label);
+                quant_ok += usize::from(qp == label);
+                agree += usize::from(fp == qp);
+                let kld: f64 = p_row
+                    .iter()
+                    .zip(q_row)
+                    .filter(|(p, _)| **p > 0.0)
+                    .map(|(&p, &q)| p as f64 * ((p as f64) / (q as f64).max(1e-12)).ln())
+                    .sum();
+                klds.push(kld.max(0.0));
+            }
+        }
+        let frac = |k: usize| k as f64 / n as f64;
+        let metrics = serde_json::json!({
+            "samples": n,
+            "float": { "top1": round6(frac(float_ok)) },
+            "quantized": { "top1": round6(frac(quant_ok)) },
+            "accuracy_drop_points": round6(100.0 * (frac(float_ok) - frac(quant_ok))),
+            "top1_agreement": round6(frac(agree)),
+            "kld": {
+                "mean": round6(klds.iter().sum::<f64>() / n as f64),
+                "p99": round6(percentile(&klds, 99.0)),
+            },
+            "max_abs_error": round6(max_abs),
+            "quantized_kernels": quant.types,
+        });
+        edgebuild_engine::op::write_json(ctx.output("metrics")?, &metrics)?;
+        ctx.log(format!(
+            "top-1 float {:.2}%, quantized {:.2}%, agreement {:.2}%, mean KL {:.6}",
+            100.0 * frac(float_ok),
+            100.0 * frac(quant_ok),
+            100.0 * frac(agree),
+            klds.iter().sum::<f64>() / n as f64
+        ));
+        Ok(OpOutcome::Success)
+    }
+}
