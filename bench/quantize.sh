@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check 'gguf>=0.10' 2>/dev/null || true
-cargo build --release --locked --example bench_quantize >/dev/null
+cargo build --release --locked -p edgebuild-ml --example bench_quantize >/dev/null
 echo "== edgebuild"
 ./target/release/examples/bench_quantize | tee /tmp/edgebuild-quantize.csv
 echo "== gguf (Python)"

@@ -1,4 +1,4 @@
-//! Manual steps (DECISIONS 24): a checklist that blocks its dependents until a person signs it
+//! Manual steps (SPEC.md, "Manual steps"): a checklist that blocks its dependents until a person signs it
 //! off with `edgebuild approve` for exactly the stage's current inputs.
 
 mod common;

@@ -312,7 +312,7 @@ fn bad_ml_inputs_get_clear_errors() {
         "tensor `fc3.weight` has shape [10, 256] but the architecture needs [12, 256]",
     );
 
-    // A compressed .npz is refused with the way out (DECISIONS 15).
+    // A compressed .npz is refused with the way out (SPEC.md, "Models").
     let ws = digits();
     let status = Command::new("python3")
         .args(["-c", "import numpy as np; np.savez_compressed('examples/digits/heldout.npz', x=np.zeros((4, 64), np.float32), y=np.zeros(4, np.int64))"])
@@ -375,7 +375,7 @@ fn bad_ml_inputs_get_clear_errors() {
 
 #[test]
 fn quantized_evaluation_really_runs_quantized_kernels() {
-    // DECISIONS 13: the quantized model's logits differ from a float model that uses the very
+    // SPEC.md, "`evaluate`": the quantized model's logits differ from a float model that uses the very
     // same (dequantized) weights, because QMatMul also quantizes activations.
     assert!(std::env::var_os("CANDLE_DEQUANTIZE_ALL").is_none());
     let ws = digits();

@@ -1,4 +1,4 @@
-//! The README, run as a newcomer would (DECISIONS 25): its `sh` blocks in order, through bash, in
+//! The README, run as a newcomer would (SPEC.md, "The README is tested"): its `sh` blocks in order, through bash, in
 //! a fresh copy of this repository committed to a new git repository, with the built binary on
 //! PATH. Each block must succeed, and when a `text` block follows it, its output (stdout and
 //! stderr together) must match it, with snapbox's wildcards (`...` for lines, `[..]` within one).

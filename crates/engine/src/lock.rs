@@ -1,6 +1,6 @@
 //! Lock files: `pipelines/NAME.lock`, the committed record of what the last build produced.
 //!
-//! One lock per pipeline file (DECISIONS 6): `lock_version`, the toolchain that wrote it, and per
+//! One lock per pipeline file (SPEC.md, "Lock files"): `lock_version`, the toolchain that wrote it, and per
 //! stage its key, the key's ingredients, its outputs with hashes, sizes and a volatile flag, and a
 //! gate's verdict. Stable order (sorted maps), no timestamps, no absolute paths, so two builds of
 //! the same inputs write byte-identical locks. Written atomically, and only when it changed.

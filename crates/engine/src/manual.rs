@@ -1,4 +1,4 @@
-//! Manual steps (DECISIONS 24): a `manual` stage holds a checklist that a person signs off with
+//! Manual steps (SPEC.md, "Manual steps"): a `manual` stage holds a checklist that a person signs off with
 //! `edgebuild approve STAGE`. The sign-off is recorded, for exactly the stage's current key
 //! (its checklist and the hashes of its inputs), in `pipelines/PIPELINE.approvals.json`, a file
 //! meant to be committed with the lock. Until a sign-off matches, the stage awaits it and blocks

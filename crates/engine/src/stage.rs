@@ -26,7 +26,7 @@ pub enum Action {
     /// A built-in op by name and version.
     Op { name: String, version: u32 },
     /// A manual step: a checklist a person signs off with `edgebuild approve` for exactly the
-    /// stage's current inputs (DECISIONS 24). It has no outputs and blocks its dependents until
+    /// stage's current inputs (SPEC.md, "Manual steps"). It has no outputs and blocks its dependents until
     /// then.
     Manual(Vec<String>),
 }

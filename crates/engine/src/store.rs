@@ -47,7 +47,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 pub struct ActionEntry {
     pub key: Digest,
     pub outputs: BTreeMap<String, PathHash>,
-    /// For a gate stage: whether it passed. A failed gate is cached too (DECISIONS 9).
+    /// For a gate stage: whether it passed. A failed gate is cached too (SPEC.md, "`gate`").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate_passed: Option<bool>,
 }

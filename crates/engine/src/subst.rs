@@ -1,11 +1,11 @@
-//! `${...}` references in `cmd` templates (DECISIONS 3).
+//! `${...}` references in `cmd` templates (SPEC.md, "Substitution in `cmd`").
 //!
 //! `${inputs.NAME}` (map form) or `${inputs.0}` (list form), `${inputs}` for all of them
 //! space-separated, the same for `outputs`, and `${params.KEY}` (dotted for nested maps). Every
 //! substituted value is shell-quoted. `$${` writes a literal `${`. Other `$` uses (`$HOME`,
 //! `$(cmd)`) are left to the shell.
 
-use crate::spec::{Port, Stage};
+use crate::stage::{Port, Stage};
 
 /// A reference that cannot be parsed or resolved.
 #[derive(Debug)]
@@ -154,7 +154,7 @@ fn resolve(text: &str, body: &str, stage: &Stage) -> Result<String, Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Action;
+    use crate::stage::Action;
 
     fn stage() -> Stage {
         let port = |name: &str, path: &str| Port {

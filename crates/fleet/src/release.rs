@@ -5,7 +5,7 @@
 //! the lock keys of the stages it comes from) signed with Ed25519. It is made only from a build
 //! whose gates all passed and whose lock matches the working tree. Each release after the first
 //! also gets a pre-signed rollback manifest numbered one above it that points at the previous
-//! release's artifacts (DECISIONS 20), so a server can roll devices back without holding the
+//! release's artifacts (SPEC.md, "Signed releases"), so a server can roll devices back without holding the
 //! key. A device accepts only a correctly signed manifest numbered above the one it runs, whose
 //! artifacts have the listed hashes. The private key never enters the cache, a lock or a log.
 

@@ -4,7 +4,7 @@
 //! Each device polls for its assignment; a manifest numbered above the one it runs is checked
 //! (signature and number) before anything is downloaded, then every artifact is checked against
 //! its hash before "installing". The health check loads the released GGUF and runs it on the
-//! device's own slice of held-out inputs (DECISIONS 21): the mean top-1 probability is the
+//! device's own slice of held-out inputs (SPEC.md, "Devices"): the mean top-1 probability is the
 //! confidence it reports, so a worse model reports a genuinely lower one. A share of devices can
 //! be told to fail their install. Reports wait in an outbox until the server acknowledged them,
 //! so an unreachable or restarted server loses none. Every request's latency is recorded for the

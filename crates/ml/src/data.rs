@@ -2,7 +2,7 @@
 //! labelled sets, a `y` array; or CSV as a convenience.
 //!
 //! `.npz` must be uncompressed (`np.savez`, not `np.savez_compressed`): candle's reader has no
-//! deflate (DECISIONS 15). A CSV file has one sample per row; a header row is optional, and a
+//! deflate (SPEC.md, "Models"). A CSV file has one sample per row; a header row is optional, and a
 //! column named `y` or `label` holds the labels. Samples are reshaped to the model's input shape.
 
 use std::io::Read;

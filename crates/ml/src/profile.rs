@@ -1,5 +1,5 @@
 //! `edgebuild profile-host`: measures this host's peak f32 compute and memory bandwidth, the two
-//! numbers of a roofline device profile (DECISIONS 22).
+//! numbers of a roofline device profile (SPEC.md, "`report`").
 //!
 //! Compute: one thread running many independent multiply-add chains that the compiler keeps in
 //! vector registers. Bandwidth: copying a buffer far larger than any cache. Each is the best of a

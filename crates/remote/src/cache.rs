@@ -2,7 +2,7 @@
 //! has, reached through the `object_store` crate (`file://`, `http(s)://` as served by nginx's
 //! WebDAV module or bazel-remote, `s3://`, `gs://`, `az://`).
 //!
-//! Only GET, HEAD and PUT are used: nothing lists the remote (DECISIONS 17). Everything that
+//! Only GET, HEAD and PUT are used: nothing lists the remote (SPEC.md, "Remote cache"). Everything that
 //! comes down is verified (an entry must name its key, a tree must hash to its root, a blob to
 //! its name) before it reaches the local store, so a poisoned remote costs a warning and a local
 //! run, never a wrong build. Uploads put blobs before the entry that names them. A remote that

@@ -23,7 +23,7 @@ pub enum Verdict {
     Differs,
     /// Different hash because an upstream stage diverged.
     Cascade,
-    /// Not compared (DECISIONS 8).
+    /// Not compared (SPEC.md, "Volatile outputs").
     Volatile,
     /// Expected, but the rebuild did not produce it.
     Missing,

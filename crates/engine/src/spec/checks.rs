@@ -89,7 +89,7 @@ impl Workspace {
                             stage.id, port.path, volatile.id
                         ),
                         "measured values would flow into a reproducible stage",
-                        Some("declare this stage `volatile: true` too, or order it with `after:` instead of reading the output (DECISIONS 8)".into()),
+                        Some("declare this stage `volatile: true` too, or order it with `after:` instead of reading the output (SPEC.md, \"Volatile outputs\")".into()),
                     ));
                 }
                 if overlapping.iter().any(|s| s.id == stage.id) {

@@ -6,7 +6,7 @@
 //! activation counts for reports, and one forward pass over a [`ParamSource`]: float weights
 //! ([`FloatWeights`]) or a GGUF file run through candle's quantized kernels ([`QuantModel`]).
 //! Convolutions run as im2col + matmul in both, so a quantized conv is a `QMatMul` with rows of
-//! `in_channels·k·k` (DECISIONS 13). [`reference`] is a plain-Rust forward pass with a fixed
+//! `in_channels·k·k` (SPEC.md, "`evaluate`"). [`reference`] is a plain-Rust forward pass with a fixed
 //! summation order, for results that must not depend on the CPU.
 
 pub mod reference;
@@ -611,7 +611,7 @@ pub fn type_name(dtype: GgmlDType) -> &'static str {
     }
 }
 
-/// Metadata keys of edgebuild's GGUF files (DECISIONS 14).
+/// Metadata keys of edgebuild's GGUF files (SPEC.md, "GGUF layout").
 pub mod gguf_keys {
     pub const ARCHITECTURE: &str = "general.architecture";
     pub const NAME: &str = "general.name";

@@ -1,4 +1,4 @@
-//! A plain-Rust forward pass in f64 with a fixed summation order (DECISIONS 12a).
+//! A plain-Rust forward pass in f64 with a fixed summation order (SPEC.md, "`imatrix`").
 //!
 //! candle picks SIMD kernels at run time, so its activations can differ in the last bits
 //! between CPUs. Whatever must be bit-identical on every host (the importance matrix, and so the

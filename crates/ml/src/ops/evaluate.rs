@@ -2,7 +2,7 @@
 //!
 //! The float model runs with candle on the safetensors weights; the quantized model runs the
 //! GGUF through candle's quantized kernels (`QMatMul`), the path a device runtime takes, never
-//! dequantize-then-float (DECISIONS 13). Metrics: top-1 accuracy of each, the drop in points,
+//! dequantize-then-float (SPEC.md, "`evaluate`"). Metrics: top-1 accuracy of each, the drop in points,
 //! top-1 agreement, mean and p99 KL divergence between their output distributions, and the
 //! largest absolute difference between their raw outputs.
 

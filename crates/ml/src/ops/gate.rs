@@ -1,5 +1,5 @@
 //! `gate`: checks of values in JSON inputs against thresholds; a failed check blocks every stage
-//! that depends on the gate (DECISIONS 9 and 19).
+//! that depends on the gate (SPEC.md, "`gate`").
 //!
 //! A check names an input, a dotted path into its JSON (`kld.p99`, `layers.0.macs`) and a `min`
 //! and/or `max`. The verdict file lists every check with its measured value, threshold and

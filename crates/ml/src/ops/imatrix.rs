@@ -4,7 +4,7 @@
 //! every row the weight multiplies (one per sample for a linear layer, one per output position
 //! for a convolution). Activations come from [`crate::model::reference`], and samples are summed
 //! in fixed chunks whose partial sums are combined in order, so the result is bit-identical
-//! whatever the thread count or CPU (DECISIONS 12a).
+//! whatever the thread count or CPU (SPEC.md, "`imatrix`").
 
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 //! prediction for the host profile, so the roofline's error is visible.
 //!
 //! Timings are measurements, not facts about the model: a `measure` stage must be declared
-//! `volatile: true`, and nothing that ships reads its output (DECISIONS 8).
+//! `volatile: true`, and nothing that ships reads its output (SPEC.md, "Volatile outputs").
 
 use std::time::Instant;
 

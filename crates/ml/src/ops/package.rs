@@ -1,6 +1,6 @@
 //! `package`: the deployable artifact set. The GGUF, a C header that embeds it as an aligned byte
 //! array for MCU firmware, and a manifest with the hash and size of each artifact, the gate
-//! verdicts and the hash of every input. Nothing measured goes in (DECISIONS 8).
+//! verdicts and the hash of every input. Nothing measured goes in (SPEC.md, "Volatile outputs").
 
 use std::fmt::Write as _;
 
@@ -141,7 +141,7 @@ impl Op for Package {
                 file_name("gguf")?: { "sha256": gguf_hash, "bytes": bytes.len() },
                 file_name("header")?: { "sha256": edgebuild_engine::hash::Digest::of_bytes(header.as_bytes()).hex(), "bytes": header.len(), "symbol": params.symbol, "alignment": params.alignment },
             },
-            // The verdict, not the measured values: those may depend on the host (DECISIONS 8).
+            // The verdict, not the measured values: those may depend on the host (SPEC.md, "Volatile outputs").
             "gates": {
                 "passed": true,
                 "verdict_sha256": edgebuild_engine::hash::hash_file(ctx.input("gates")?).map_err(|e| OpError::Failed(e.to_string()))?.0.hex(),

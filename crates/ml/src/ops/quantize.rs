@@ -2,10 +2,10 @@
 //!
 //! Every matmul weight gets the default type, or the first matching per-tensor override. A
 //! weight whose rows do not fit the default type's block falls back (q8_0 when rows are a
-//! multiple of 32, else f16); an override that does not fit is a bad-input error (DECISIONS 12).
+//! multiple of 32, else f16); an override that does not fit is a bad-input error (SPEC.md, "`quantize`").
 //! Biases and norm parameters stay f32. With an importance matrix, K-quants use
 //! `quantize_imatrix`; other types ignore it. Tensors are quantized in parallel by chunks of whole
-//! rows, which gives the same bytes as one call (DECISIONS 11). The GGUF's metadata records the
+//! rows, which gives the same bytes as one call (SPEC.md, "`quantize`"). The GGUF's metadata records the
 //! architecture, input shape, labels, every decision with its reason and the inputs' hashes.
 
 use std::collections::BTreeMap;
@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn parallel_row_chunks_give_the_bytes_of_one_call() {
-        // 1024 × 1024 = 1M elements, as DECISIONS 11 asks.
+        // 1024 × 1024 = 1M elements, as SPEC.md, "`quantize`" asks.
         let values: Vec<f32> = (0..1024u64 * 1024)
             .map(|i| ((i * 7919) % 10007) as f32 / 10007.0 - 0.5)
             .collect();

@@ -4,7 +4,7 @@
 //! bytes moved / bandwidth), summed.
 //!
 //! Everything here is computed from the GGUF and the profiles, never measured, so `report.json`
-//! and `report.md` are deterministic (DECISIONS 8). Measured latency is the `measure` op's
+//! and `report.md` are deterministic (SPEC.md, "Volatile outputs"). Measured latency is the `measure` op's
 //! volatile output.
 
 use std::collections::BTreeMap;
