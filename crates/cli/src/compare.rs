@@ -13,10 +13,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::git::Repository;
-use edgebuild_ml::ops::gate::lookup;
-use edgebuild_engine::op::OpRegistry;
 use crate::repro::{Conditions, Scratch, VerifyError, child_build, copy_workspace};
+use edgebuild_engine::op::OpRegistry;
 use edgebuild_engine::spec::{Action, Workspace};
+use edgebuild_ml::ops::gate::lookup;
 
 /// One side of a comparison.
 #[derive(Debug, Clone)]

@@ -265,13 +265,14 @@ fn executor_check(root: &Path, ops: &Arc<OpRegistry>, found: &mut Vec<Finding>) 
         ops: ops.clone(),
         variation_env: Vec::new(),
     });
-    let (level, message) = match edgebuild_remote::exec::RemoteExecutor::new(&settings, ops.clone(), local) {
-        Ok(executor) => match executor.probe() {
-            Ok(offer) => (Level::Ok, format!("{}: {offer}", executor.url())),
-            Err(status) => (Level::Fail, format!("{}: {status}", executor.url())),
-        },
-        Err(e) => (Level::Fail, e),
-    };
+    let (level, message) =
+        match edgebuild_remote::exec::RemoteExecutor::new(&settings, ops.clone(), local) {
+            Ok(executor) => match executor.probe() {
+                Ok(offer) => (Level::Ok, format!("{}: {offer}", executor.url())),
+                Err(status) => (Level::Fail, format!("{}: {status}", executor.url())),
+            },
+            Err(e) => (Level::Fail, e),
+        };
     let fix = (level == Level::Fail)
         .then_some("check the server, the URL and EDGEBUILD_REMOTE_EXEC_TOKEN / _HEADER_* (or build without --remote-exec)");
     found.push(finding("executor", level, message, fix));
@@ -304,9 +305,12 @@ fn remote_check(remote: Option<&edgebuild_remote::cache::Remote>, found: &mut Ve
             }
         }
     } else if url.starts_with("http") && remote.upload {
-        let has = [edgebuild_remote::cache::TOKEN_ENV, edgebuild_remote::cache::USER_ENV]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+        let has = [
+            edgebuild_remote::cache::TOKEN_ENV,
+            edgebuild_remote::cache::USER_ENV,
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
         if !has {
             found.push(finding(
                 "remote",

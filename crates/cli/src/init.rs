@@ -363,7 +363,8 @@ pub fn init(root: &Path, start: &Path, options: InitOptions) -> Result<Written> 
             written.kept.push(path);
             continue;
         }
-        edgebuild_engine::files::write_atomic(&full, content.as_bytes()).map_err(|e| Error::io(&full, e))?;
+        edgebuild_engine::files::write_atomic(&full, content.as_bytes())
+            .map_err(|e| Error::io(&full, e))?;
         written.files.push(path);
     }
     let gitignore = root.join(".gitignore");

@@ -14,7 +14,10 @@ use edgebuild_engine::spec::{Action, Stage};
 
 /// Where a pipeline's committed runbook lives.
 pub fn path(pipeline: &str) -> String {
-    format!("{}/{pipeline}.runbook.md", edgebuild_engine::spec::PIPELINES_DIR)
+    format!(
+        "{}/{pipeline}.runbook.md",
+        edgebuild_engine::spec::PIPELINES_DIR
+    )
 }
 
 fn human_bytes(n: u64) -> String {
@@ -109,7 +112,8 @@ pub fn markdown(ctx: &Context, pipeline: usize) -> String {
         .iter()
         .flat_map(|s| s.inputs.iter().map(|i| i.path.as_str()))
         .filter(|path| {
-            !produced.contains(path) && !edgebuild_engine::spec::ancestors(path).any(|a| produced.contains(a))
+            !produced.contains(path)
+                && !edgebuild_engine::spec::ancestors(path).any(|a| produced.contains(a))
         })
         .collect();
     sources.sort_unstable();

@@ -78,7 +78,11 @@ mod tests {
 
     #[test]
     fn markdown_escapes_pipes_and_marks_numeric_columns() {
-        let out = markdown(&["a", "b"], &[vec!["x|y".into(), "1".into()]], &[Align::Left, Align::Right]);
+        let out = markdown(
+            &["a", "b"],
+            &[vec!["x|y".into(), "1".into()]],
+            &[Align::Left, Align::Right],
+        );
         assert_eq!(out, "| a | b |\n|---|--:|\n| x\\|y | 1 |\n");
     }
 }

@@ -79,7 +79,10 @@ fn the_gguf_is_read_by_an_independent_reader() {
     });
     ws.write("expected.json", &expected.to_string());
     let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/check_gguf.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/check_gguf.py"
+        ))
         .args([
             "out/digits/model.gguf",
             "examples/digits/mlp.safetensors",

@@ -62,7 +62,12 @@ pub fn pointer_path(path: &Path) -> PathBuf {
 
 /// `edgebuild add PATH`: stores the file, writes its pointer and keeps the file out of git.
 /// Returns the pointer.
-pub fn add(root: &Path, rel: &str, store: &Store, remote: Option<&dyn RemoteCache>) -> Result<Pointer> {
+pub fn add(
+    root: &Path,
+    rel: &str,
+    store: &Store,
+    remote: Option<&dyn RemoteCache>,
+) -> Result<Pointer> {
     let full = root.join(rel);
     let meta = std::fs::metadata(&full).map_err(|e| Error::io(&full, e))?;
     if !meta.is_file() {

@@ -15,8 +15,8 @@ use std::process::Command;
 
 use crate::exec::{ExecFailure, ExecSuccess, Executor, Job, LocalExecutor, run_shell};
 use crate::op::OpRegistry;
-use std::sync::Arc;
 use crate::spec::Action;
+use std::sync::Arc;
 
 /// bubblewrap, when it is installed and works here.
 pub fn bubblewrap() -> Option<PathBuf> {

@@ -10,10 +10,13 @@
 //! the released GGUF for real (SPEC.md, "Devices"). This module holds what they share: the API's
 //! messages, tokens and cohorts.
 
+// Errors carry their diagnostics; they are rare, so their size is fine.
+#![allow(clippy::result_large_err)]
+
 pub mod client;
-pub mod release;
 pub mod controller;
 pub mod policy;
+pub mod release;
 pub mod server;
 pub mod simulate;
 pub mod store;
@@ -22,8 +25,8 @@ use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use edgebuild_engine::hash::Digest;
 use crate::release::SignedManifest;
+use edgebuild_engine::hash::Digest;
 
 /// The environment variable holding an operator's admin token.
 pub const TOKEN_ENV: &str = "EDGEBUILD_FLEET_TOKEN";

@@ -364,7 +364,8 @@ pub fn release(
     let mut artifacts = Vec::new();
     for &s in &selected {
         let stage = &ctx.ws.stages[s];
-        if !matches!(&stage.action, edgebuild_engine::spec::Action::Op { name, .. } if name == "package") {
+        if !matches!(&stage.action, edgebuild_engine::spec::Action::Op { name, .. } if name == "package")
+        {
             continue;
         }
         let locked = &lock.stages[&stage.name];

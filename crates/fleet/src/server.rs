@@ -19,8 +19,8 @@ use serde::Deserialize;
 
 use super::store::{FleetStore, Transition};
 use super::{FleetError, Report, StartRollout, Telemetry, controller, now_ms, token_hash};
-use edgebuild_engine::hash::Digest;
 use crate::release::SignedManifest;
+use edgebuild_engine::hash::Digest;
 
 /// Every route: method and path, as `docs/fleet-openapi.yaml` documents them (a test checks).
 pub const ROUTES: &[(&str, &str)] = &[

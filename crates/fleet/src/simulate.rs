@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use super::client::Client;
 use super::{Assignment, DeviceState, FleetError, Report, RolloutStatus, Telemetry};
+use crate::release::SignedManifest;
 use edgebuild_engine::hash::Digest;
 use edgebuild_ml::model::QuantModel;
-use crate::release::SignedManifest;
 
 /// What to simulate (the flags of `edgebuild device simulate`).
 #[derive(Debug, Clone, clap::Args)]
@@ -205,7 +205,8 @@ impl Fleet {
         let (indices, x) = {
             let mut data = self.data.lock().expect("data");
             if data.is_none() {
-                let set = edgebuild_ml::data::Dataset::load(&self.options.data, &model.arch.input_shape)?;
+                let set =
+                    edgebuild_ml::data::Dataset::load(&self.options.data, &model.arch.input_shape)?;
                 *data = Some(set.x);
             }
             let x = data.as_ref().expect("loaded");

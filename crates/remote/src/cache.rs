@@ -91,7 +91,13 @@ impl RemoteCache for Remote {
         stage: &str,
         declared_outputs: &[&str],
     ) -> Result<Option<ActionEntry>, RemoteCacheError> {
-        Ok(Remote::fetch_action(self, store, key, stage, declared_outputs)?)
+        Ok(Remote::fetch_action(
+            self,
+            store,
+            key,
+            stage,
+            declared_outputs,
+        )?)
     }
 
     fn upload_action(&self, store: &Store, entry: &ActionEntry) -> Result<(), RemoteCacheError> {
@@ -616,10 +622,7 @@ pub struct Transfer {
 }
 
 /// The locked stages among `selected`: (stage id, key, output bytes, volatile).
-fn locked_stages(
-    ctx: &Context,
-    selected: &[usize],
-) -> Vec<(String, Digest, u64, bool)> {
+fn locked_stages(ctx: &Context, selected: &[usize]) -> Vec<(String, Digest, u64, bool)> {
     selected
         .iter()
         .filter_map(|&i| {
@@ -632,11 +635,7 @@ fn locked_stages(
 }
 
 /// `cache status`: where each locked stage's entry is.
-pub fn status(
-    ctx: &Context,
-    remote: &Remote,
-    selected: &[usize],
-) -> Vec<CacheStatus> {
+pub fn status(ctx: &Context, remote: &Remote, selected: &[usize]) -> Vec<CacheStatus> {
     locked_stages(ctx, selected)
         .into_iter()
         .map(|(stage, key, bytes, volatile)| CacheStatus {
@@ -655,11 +654,7 @@ pub fn status(
 }
 
 /// `cache push`: uploads the local entries of the locked stages.
-pub fn push(
-    ctx: &Context,
-    remote: &Remote,
-    selected: &[usize],
-) -> Result<Transfer, RemoteError> {
+pub fn push(ctx: &Context, remote: &Remote, selected: &[usize]) -> Result<Transfer, RemoteError> {
     let mut transfer = Transfer::default();
     for (stage, key, _, volatile) in locked_stages(ctx, selected) {
         if volatile {
@@ -681,11 +676,7 @@ pub fn push(
 }
 
 /// `cache pull`: downloads the remote entries of the locked stages into the local cache.
-pub fn pull(
-    ctx: &Context,
-    remote: &Remote,
-    selected: &[usize],
-) -> Result<Transfer, RemoteError> {
+pub fn pull(ctx: &Context, remote: &Remote, selected: &[usize]) -> Result<Transfer, RemoteError> {
     let mut transfer = Transfer::default();
     for (stage, key, _, volatile) in locked_stages(ctx, selected) {
         if volatile {

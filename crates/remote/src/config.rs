@@ -33,14 +33,14 @@ struct WorkspaceConfig {
 fn workspace_config(root: &Path) -> Result<WorkspaceConfig, RemoteError> {
     let path = root.join(CONFIG_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => serde_saphyr::from_str::<WorkspaceConfig>(&text).map_err(|e| {
-            RemoteError::Config {
+        Ok(text) => {
+            serde_saphyr::from_str::<WorkspaceConfig>(&text).map_err(|e| RemoteError::Config {
                 message: format!("cannot read {CONFIG_FILE}: {e}"),
                 help: Some(
                     "see SPEC.md, \"Remote cache\" and \"Remote execution\", for its keys".into(),
                 ),
-            }
-        }),
+            })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(WorkspaceConfig::default()),
         Err(e) => Err(RemoteError::Io {
             path: path.display().to_string(),

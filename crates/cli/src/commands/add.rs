@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use super::Session;
-use edgebuild_engine::remote_cache::RemoteCache;
 use crate::error::{Error, ExitCode, Result};
+use edgebuild_engine::remote_cache::RemoteCache;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,7 +29,12 @@ pub fn run(args: Args, session: &Session) -> Result<ExitCode> {
                     None,
                 )
             })?;
-        let pointer = edgebuild_engine::pointer::add(&root, &rel, &store, remote.as_deref().map(|r| r as &dyn RemoteCache))?;
+        let pointer = edgebuild_engine::pointer::add(
+            &root,
+            &rel,
+            &store,
+            remote.as_deref().map(|r| r as &dyn RemoteCache),
+        )?;
         eprintln!(
             "added {rel}: {} bytes, sha256 {}; commit {rel}{} (the file itself is now in .gitignore){}",
             pointer.size,

@@ -15,8 +15,8 @@ pub fn run(args: Args, session: &Session) -> Result<ExitCode> {
     // The doctor runs when things are wrong: the workspace may not load and the remote
     // may be down, even if it is required; each is a finding, not an early exit.
     let root = edgebuild_engine::spec::Workspace::find_root(&session.start_dir()?)?;
-    let opened = Context::open(&session.options(), Access::Read, session.ops.clone())
-        .map_err(Error::from);
+    let opened =
+        Context::open(&session.options(), Access::Read, session.ops.clone()).map_err(Error::from);
     let remote = edgebuild_remote::config::remote_settings(&root, &session.remote)
         .and_then(|mut s| {
             s.required = false;

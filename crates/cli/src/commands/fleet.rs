@@ -66,7 +66,10 @@ pub fn fleet_client(server: &ServerArgs) -> Result<edgebuild_fleet::client::Clie
             Some("`edgebuild fleet init` printed it when it made the database".into()),
         )
     })?;
-    Ok(edgebuild_fleet::client::Client::new(&server.server, &token)?)
+    Ok(edgebuild_fleet::client::Client::new(
+        &server.server,
+        &token,
+    )?)
 }
 
 pub fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T> {
@@ -138,4 +141,3 @@ pub fn run(action: Args, _session: &Session) -> Result<ExitCode> {
         }
     }
 }
-

@@ -22,7 +22,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args, _session: &Session) -> Result<ExitCode> {
-    let Args { model, input, top_k, limit } = args;
+    let Args {
+        model,
+        input,
+        top_k,
+        limit,
+    } = args;
     let bad = |message: String| Error::usage(message, None);
     let quant = edgebuild_ml::model::QuantModel::load(&model).map_err(bad)?;
     quant.arch.classes().map_err(bad)?;

@@ -4,8 +4,8 @@
 use super::Session;
 use crate::error::{ExitCode, Result};
 use edgebuild_engine::context::Access;
-use std::collections::BTreeSet;
 use edgebuild_engine::plan::Status;
+use std::collections::BTreeSet;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,7 +20,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args, session: &Session) -> Result<ExitCode> {
-    let Args { targets, json, check } = args;
+    let Args {
+        targets,
+        json,
+        check,
+    } = args;
     let mut ctx = session.open(Access::Read)?;
     // `plan` runs nothing, so each path's hash can be looked up once.
     ctx.stat.memoize();
@@ -52,8 +56,7 @@ pub fn run(args: Args, session: &Session) -> Result<ExitCode> {
             "note: {file} no longer matches its pipeline: run `edgebuild runbook {name} --write`"
         );
     }
-    let stale =
-        plans.iter().any(|p| p.status != Status::UpToDate) || !stale_runbooks.is_empty();
+    let stale = plans.iter().any(|p| p.status != Status::UpToDate) || !stale_runbooks.is_empty();
     // Freeing a large workspace takes measurable time and the process ends here.
     std::mem::forget(ctx);
     Ok(if check && stale {

@@ -2,8 +2,8 @@
 //! "Versioned inputs outside git").
 
 use super::Session;
-use edgebuild_engine::remote_cache::RemoteCache;
 use crate::error::{ExitCode, Result};
+use edgebuild_engine::remote_cache::RemoteCache;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -17,8 +17,12 @@ pub fn run(args: Args, session: &Session) -> Result<ExitCode> {
     let (root, store, remote, _lock) = session.open_caches()?;
     let mut counts = std::collections::BTreeMap::new();
     for pointer in edgebuild_engine::pointer::find(&root) {
-        let source =
-            edgebuild_engine::pointer::pull_one(&pointer, Some(&store), remote.as_deref().map(|r| r as &dyn RemoteCache), force)?;
+        let source = edgebuild_engine::pointer::pull_one(
+            &pointer,
+            Some(&store),
+            remote.as_deref().map(|r| r as &dyn RemoteCache),
+            force,
+        )?;
         *counts.entry(format!("{source:?}")).or_insert(0) += 1;
     }
     eprintln!(

@@ -22,7 +22,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args, session: &Session) -> Result<ExitCode> {
-    let Args { pipeline, version, key, rollback_to } = args;
+    let Args {
+        pipeline,
+        version,
+        key,
+        rollback_to,
+    } = args;
     let signing = edgebuild_fleet::release::read_signing_key(&key)?;
     // Exclusive: two releases at once must not take the same number.
     let ctx = session.open(Access::Write)?;

@@ -173,4 +173,3 @@ fn rollout_change(action: &str, change: RolloutChange) -> Result<ExitCode> {
     print_status(&status, false);
     Ok(ExitCode::Ok)
 }
-

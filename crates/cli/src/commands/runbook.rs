@@ -23,7 +23,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args, session: &Session) -> Result<ExitCode> {
-    let Args { pipelines, format, write } = args;
+    let Args {
+        pipelines,
+        format,
+        write,
+    } = args;
     let ctx = session.open(Access::Read)?;
     let chosen = ctx.pipelines_named(&pipelines)?;
     for i in chosen {

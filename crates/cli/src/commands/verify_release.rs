@@ -21,7 +21,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args, session: &Session) -> Result<ExitCode> {
-    let Args { manifest, key, current, artifacts } = args;
+    let Args {
+        manifest,
+        key,
+        current,
+        artifacts,
+    } = args;
     let verifying = edgebuild_fleet::release::read_verifying_key(&key)?;
     let bytes = std::fs::read(&manifest).map_err(|e| {
         edgebuild_fleet::release::ReleaseError::Rejected(format!("{}: {e}", manifest.display()))

@@ -409,7 +409,8 @@ fn explain_divergence(expected: &LockedStage, rebuilt: &LockedStage, vary: bool)
             )
         };
     }
-    let reasons = edgebuild_engine::key::Ingredients::diff(&expected.ingredients, &rebuilt.ingredients);
+    let reasons =
+        edgebuild_engine::key::Ingredients::diff(&expected.ingredients, &rebuilt.ingredients);
     if reasons.is_empty() {
         let mut text = String::from(
             "its inputs, command and params matched, but its outputs did not: the stage is not deterministic (time, randomness, an undeclared input)",

@@ -33,11 +33,11 @@ use edgebuild_engine::spec::{PIPELINES_DIR, Workspace};
 use crate::git::{GitError, Repository};
 pub use child::{ChildBuild, Conditions, child_build};
 use comparison::stages_of;
+pub use comparison::{CompareInput, Comparison, LockedStages, compare};
 use edgebuild_engine::hash::Digest;
 use edgebuild_engine::remote_cache::RemoteCache;
-use scratch::remove_locks;
-pub use comparison::{Comparison, CompareInput, LockedStages, compare};
 pub use render::render;
+use scratch::remove_locks;
 pub use scratch::{Scratch, copy_workspace};
 
 #[derive(Debug, Error, Diagnostic)]
@@ -141,7 +141,8 @@ pub struct BuildSummary {
 
 /// Pipeline names present in `root/pipelines` (file stems of `*.yaml`/`*.yml`), sorted.
 fn pipeline_names(root: &Path) -> Result<Vec<String>, VerifyError> {
-    let files = edgebuild_engine::spec::pipeline_files(root).map_err(io_err(&root.join(PIPELINES_DIR)))?;
+    let files =
+        edgebuild_engine::spec::pipeline_files(root).map_err(io_err(&root.join(PIPELINES_DIR)))?;
     Ok(files
         .iter()
         .map(|f| edgebuild_engine::spec::pipeline_name(f))
@@ -336,7 +337,9 @@ fn verify_commit_in(
     let rebuilt = rebuilt_locks(&ctx);
     for (id, reb) in &rebuilt {
         if let Some(exp) = expected.get(id) {
-            for reason in edgebuild_engine::key::Ingredients::diff(&exp.ingredients, &reb.ingredients) {
+            for reason in
+                edgebuild_engine::key::Ingredients::diff(&exp.ingredients, &reb.ingredients)
+            {
                 if reason.is_toolchain() {
                     drift.insert(format!("{id}: {reason}"));
                 }

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use super::{VerifyError, io_err};
 use crate::git::{GitError, Repository};
 use edgebuild_engine::op::OpRegistry;
-use edgebuild_engine::spec::Workspace;
 use edgebuild_engine::spec::PIPELINES_DIR;
+use edgebuild_engine::spec::Workspace;
 
 /// A temporary directory for the copies and caches of a verification, removed unless kept.
 pub struct Scratch {
@@ -68,7 +68,8 @@ pub fn copy_workspace(root: &Path, dest: &Path, ops: &OpRegistry) -> Result<(), 
         std::iter::once(rel)
             .chain(edgebuild_engine::spec::ancestors(rel))
             .any(|p| {
-                outputs.contains(p) || (p != PIPELINES_DIR && edgebuild_engine::spec::RESERVED.contains(&p))
+                outputs.contains(p)
+                    || (p != PIPELINES_DIR && edgebuild_engine::spec::RESERVED.contains(&p))
             })
     };
     let files = match Repository::find(root) {

@@ -11,7 +11,10 @@ use super::report::{Outcome, StageResult};
 /// Before anything runs, drops from the lock files every stage that may rewrite its outputs, so
 /// a build killed midway leaves no lock entry that claims outputs which are not there. The
 /// entries come back at the end for stages that end up built.
-pub fn invalidate_locks(ctx: &Context, selected: &[usize]) -> std::io::Result<Vec<plan::StagePlan>> {
+pub fn invalidate_locks(
+    ctx: &Context,
+    selected: &[usize],
+) -> std::io::Result<Vec<plan::StagePlan>> {
     let plans = plan::plan(ctx, selected);
     for (p, lock) in ctx.locks.iter().enumerate() {
         let Some(lock) = lock else { continue };

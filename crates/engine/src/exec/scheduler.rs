@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 use std::sync::mpsc;
 
+use super::Executor;
 use super::locks::{invalidate_locks, write_locks};
 use super::progress::{Progress, describe};
 use super::report::{BuildOptions, BuildReport, Outcome, StageResult};
-use super::Executor;
 use crate::context::Context;
 use crate::graph::Graph;
 use crate::hash::PathHash;
@@ -128,8 +128,7 @@ pub fn schedule<R: Send, W: Work<R>>(
             }
             let (stage, result) = rx.recv().expect("a worker always reports");
             running.retain(|&s| s != stage);
-            if matches!(work.outcome(&result), Outcome::Failed | Outcome::GateFailed)
-                && !keep_going
+            if matches!(work.outcome(&result), Outcome::Failed | Outcome::GateFailed) && !keep_going
             {
                 stopped = true;
             }

@@ -245,11 +245,7 @@ fn upload(
     }
 }
 
-fn restore(
-    ctx: &Context,
-    stage: usize,
-    entry: &ActionEntry,
-) -> Result<(), StoreError> {
+fn restore(ctx: &Context, stage: usize, entry: &ActionEntry) -> Result<(), StoreError> {
     if entry.outputs.len() != ctx.ws.stages[stage].outputs.len() {
         return Err(StoreError::Corrupt {
             hash: format!(

@@ -161,7 +161,6 @@ pub fn span_of<T>(spanned: &Spanned<T>) -> SourceSpan {
     SourceSpan::from((offset, len.max(1)))
 }
 
-
 pub fn yaml_error(source: &Source, err: &serde_saphyr::Error) -> SpecError {
     yaml_error_in(source, err, "pipeline file")
 }
@@ -227,4 +226,3 @@ pub fn did_you_mean<'a>(
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
 }
-

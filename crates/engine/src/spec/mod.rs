@@ -16,10 +16,10 @@ pub mod raw;
 
 use std::path::{Path, PathBuf};
 
-pub use diagnostic::{Source, SpecError, did_you_mean, span_of, yaml_error_in};
-pub use paths::{PathChecker, ancestors, normalize_path, paths_below, paths_overlap};
 pub use crate::layout::{PIPELINES_DIR, RESERVED};
 pub use crate::stage::{Action, Port, Stage};
+pub use diagnostic::{Source, SpecError, did_you_mean, span_of, yaml_error_in};
+pub use paths::{PathChecker, ancestors, normalize_path, paths_below, paths_overlap};
 
 use crate::op::OpRegistry;
 use parse_cache::{CachedPipeline, FileStamp, ParseCache};
@@ -198,7 +198,6 @@ impl Workspace {
     pub fn stage_index(&self, id: &str) -> Option<usize> {
         self.stages.binary_search_by(|s| s.id.as_str().cmp(id)).ok()
     }
-
 }
 
 /// The pipeline files of the workspace at `root` (`pipelines/*.yaml` and `*.yml`), sorted.
@@ -229,9 +228,6 @@ pub fn pipeline_name(file: &Path) -> String {
         .unwrap_or_default()
         .to_string()
 }
-
-/// Normalizes a workspace-relative path, rejecting anything that leaves the workspace:
-/// absolute paths, `..`, and symlinks whose target lies outside `root`.
 
 #[cfg(test)]
 mod tests {
@@ -281,4 +277,3 @@ mod tests {
         assert_eq!(did_you_mean("zzz", STAGE_KEYS.iter().copied()), None);
     }
 }
-

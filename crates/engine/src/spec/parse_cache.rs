@@ -119,4 +119,3 @@ pub fn recheck(
         .collect();
     (stages, errors)
 }
-

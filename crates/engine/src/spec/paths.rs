@@ -40,6 +40,8 @@ pub fn paths_overlap(a: &str, b: &str) -> bool {
     a == b || inside(a, b) || inside(b, a)
 }
 
+/// Normalizes a workspace-relative path, rejecting anything that leaves the workspace:
+/// absolute paths, `..`, and symlinks whose target lies outside `root`.
 pub fn normalize_path(root: &Path, raw: &str) -> Result<String, &'static str> {
     PathChecker::new(root).check(raw)
 }
@@ -105,4 +107,3 @@ impl PathChecker {
         Ok(normalized)
     }
 }
-

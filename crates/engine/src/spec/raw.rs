@@ -92,4 +92,3 @@ impl<'de> Deserialize<'de> for RawPorts {
         deserializer.deserialize_any(PortsVisitor)
     }
 }
-

@@ -8,9 +8,9 @@
 
 use serde::Deserialize;
 
-use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 use crate::data::Dataset;
 use crate::model::{Architecture, FloatWeights, QuantModel, forward, probabilities};
+use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 
 pub struct Evaluate;
 
@@ -107,14 +107,25 @@ impl Op for Evaluate {
             let float_out = forward(&arch, &weights, &x).map_err(super::candle)?;
             let quant_out = quant.forward(&x).map_err(super::candle)?;
             max_abs = max_abs.max(
-                (&float_out - &quant_out).map_err(super::candle)?
-                    .abs().map_err(super::candle)?
-                    .flatten_all().map_err(super::candle)?
-                    .max(0).map_err(super::candle)?
-                    .to_scalar::<f32>().map_err(super::candle)? as f64,
+                (&float_out - &quant_out)
+                    .map_err(super::candle)?
+                    .abs()
+                    .map_err(super::candle)?
+                    .flatten_all()
+                    .map_err(super::candle)?
+                    .max(0)
+                    .map_err(super::candle)?
+                    .to_scalar::<f32>()
+                    .map_err(super::candle)? as f64,
             );
-            let p = probabilities(&arch, &float_out).map_err(super::candle)?.to_vec2::<f32>().map_err(super::candle)?;
-            let q = probabilities(&arch, &quant_out).map_err(super::candle)?.to_vec2::<f32>().map_err(super::candle)?;
+            let p = probabilities(&arch, &float_out)
+                .map_err(super::candle)?
+                .to_vec2::<f32>()
+                .map_err(super::candle)?;
+            let q = probabilities(&arch, &quant_out)
+                .map_err(super::candle)?
+                .to_vec2::<f32>()
+                .map_err(super::candle)?;
             for (i, (p_row, q_row)) in p.iter().zip(&q).enumerate() {
                 let (fp, qp) = (argmax(p_row), argmax(q_row));
                 let label = labels[start + i] as usize;

@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 use crate::data::Dataset;
 use crate::model::reference::{RefWeights, forward_sample};
 use crate::model::{Architecture, FloatWeights};
+use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 
 pub struct Imatrix;
 
@@ -90,7 +90,12 @@ impl Op for Imatrix {
             .map_err(OpError::BadInput)?;
         let reference = RefWeights::from_float(&weights).map_err(super::candle)?;
         let per_sample: usize = arch.input_shape.iter().product();
-        let mut samples = data.x.flatten_all().map_err(super::candle)?.to_vec1::<f32>().map_err(super::candle)?;
+        let mut samples = data
+            .x
+            .flatten_all()
+            .map_err(super::candle)?
+            .to_vec1::<f32>()
+            .map_err(super::candle)?;
         let n = params.max_samples.unwrap_or(usize::MAX).min(data.len());
         samples.truncate(n * per_sample);
 

@@ -9,9 +9,9 @@ use std::time::Instant;
 use serde::Deserialize;
 
 use super::evaluate::{percentile, round6};
-use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 use crate::data::Dataset;
 use crate::model::QuantModel;
+use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 
 pub struct Measure;
 
@@ -72,7 +72,10 @@ impl Op for Measure {
             let x = data.x.narrow(0, i % data.len(), 1).map_err(super::candle)?;
             let start = Instant::now();
             let y = model.forward(&x).map_err(super::candle)?;
-            y.flatten_all().map_err(super::candle)?.to_vec1::<f32>().map_err(super::candle)?;
+            y.flatten_all()
+                .map_err(super::candle)?
+                .to_vec1::<f32>()
+                .map_err(super::candle)?;
             if i >= params.warmup {
                 times.push(start.elapsed().as_secs_f64() * 1e3);
             }

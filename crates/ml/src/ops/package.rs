@@ -128,8 +128,8 @@ impl Op for Package {
         };
         let mut inputs = serde_json::Map::new();
         for (name, path) in &ctx.inputs {
-            let (hash, size) =
-                edgebuild_engine::hash::hash_file(path).map_err(|e| OpError::Failed(e.to_string()))?;
+            let (hash, size) = edgebuild_engine::hash::hash_file(path)
+                .map_err(|e| OpError::Failed(e.to_string()))?;
             inputs.insert(
                 name.clone(),
                 serde_json::json!({ "sha256": hash.hex(), "bytes": size }),

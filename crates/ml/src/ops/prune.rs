@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
-use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 use crate::model::{Architecture, FloatWeights};
+use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 
 pub struct Prune;
 
@@ -70,7 +70,8 @@ impl Op for Prune {
         let mut values: Vec<Vec<f32>> = matmul
             .iter()
             .map(|name| weights.tensors[*name].flatten_all()?.to_vec1::<f32>())
-            .collect::<candle_core::Result<_>>().map_err(super::candle)?;
+            .collect::<candle_core::Result<_>>()
+            .map_err(super::candle)?;
         let candidates = |t: usize, v: &[f32]| {
             v.iter()
                 .enumerate()

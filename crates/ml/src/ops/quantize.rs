@@ -16,8 +16,8 @@ use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 use crate::model::{Architecture, FloatWeights, TYPES, gguf_keys, parse_type, type_name};
+use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 
 pub struct Quantize;
 
@@ -327,7 +327,8 @@ impl Op for Quantize {
             let matrix = tensor.reshape((rows, cols)).map_err(super::candle)?;
             quantized.push((
                 spec.name.clone(),
-                quantize_rows(&matrix, dtype, column_weights.map(Vec::as_slice)).map_err(super::candle)?,
+                quantize_rows(&matrix, dtype, column_weights.map(Vec::as_slice))
+                    .map_err(super::candle)?,
             ));
             decisions.insert(
                 spec.name.clone(),

@@ -14,8 +14,8 @@ use candle_core::quantized::gguf_file;
 use serde::{Deserialize, Serialize};
 
 use super::evaluate::round6;
-use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 use crate::model::Architecture;
+use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 
 pub struct Report;
 
@@ -101,11 +101,13 @@ pub fn tensor_rows(path: &Path) -> Result<(Architecture, u64, Vec<TensorRow>), O
     let mut rows = Vec::new();
     for spec in model.arch.tensor_specs().map_err(OpError::BadInput)? {
         let info = &content.tensor_infos[&spec.name];
-        let q = info.read(
-            &mut file,
-            content.tensor_data_offset,
-            &candle_core::Device::Cpu,
-        ).map_err(super::candle)?;
+        let q = info
+            .read(
+                &mut file,
+                content.tensor_data_offset,
+                &candle_core::Device::Cpu,
+            )
+            .map_err(super::candle)?;
         let params = spec.shape.iter().product::<usize>() as u64;
         let size = q.storage_size_in_bytes() as u64;
         rows.push(TensorRow {
@@ -134,7 +136,12 @@ impl Op for Report {
     }
 
     fn check(&self, stage: &edgebuild_engine::stage::Stage) -> Result<(), String> {
-        edgebuild_engine::op::check_ports(stage, &["model", "profiles"], &[], &["report", "summary"])
+        edgebuild_engine::op::check_ports(
+            stage,
+            &["model", "profiles"],
+            &[],
+            &["report", "summary"],
+        )
     }
 
     fn run(&self, ctx: &OpContext) -> Result<OpOutcome, OpError> {

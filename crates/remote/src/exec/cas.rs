@@ -2,19 +2,19 @@
 //! `BatchUpdateBlobs` for small ones and ByteStream writes (in 1 MiB chunks) above the batch
 //! limit, and the reverse for downloads, every blob checked against its digest.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use super::settings::MAX_MESSAGE;
 use edgebuild_engine::hash::Digest;
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream;
 
+use super::RemoteExecutor;
 use super::execute::{Fault, uuid};
 use super::merkle::Blob;
 use super::settings::{CHUNK, DEFAULT_BATCH_LIMIT};
-use super::RemoteExecutor;
 
 /// A blob's bytes in chunks of [`CHUNK`], as (offset, bytes); a file is read as it goes.
 pub(crate) enum Chunks {
@@ -229,7 +229,11 @@ impl RemoteExecutor {
 
     /// A ByteStream upload in 1 MiB chunks, read from the file as they are sent (weights are
     /// never held whole in memory).
-    pub(crate) async fn write_bytestream(&self, digest: &re::Digest, blob: &Blob) -> Result<(), Fault> {
+    pub(crate) async fn write_bytestream(
+        &self,
+        digest: &re::Digest,
+        blob: &Blob,
+    ) -> Result<(), Fault> {
         let prefix = if self.instance.is_empty() {
             String::new()
         } else {
@@ -283,7 +287,10 @@ impl RemoteExecutor {
     }
 
     /// Reads blobs by digest, each checked against its hash.
-    pub(crate) async fn read_blobs(&self, digests: &[re::Digest]) -> Result<HashMap<String, Vec<u8>>, Fault> {
+    pub(crate) async fn read_blobs(
+        &self,
+        digests: &[re::Digest],
+    ) -> Result<HashMap<String, Vec<u8>>, Fault> {
         let limit = self.batch_limit().await?;
         let mut found = HashMap::new();
         let mut small = Vec::new();

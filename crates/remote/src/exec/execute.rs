@@ -2,10 +2,10 @@
 //! with backoff on transient faults, cancelled when abandoned; and what a finished operation
 //! says.
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use prost::Message;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::RemoteExecutor;
 use super::settings::ATTEMPTS;

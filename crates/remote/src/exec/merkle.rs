@@ -2,10 +2,10 @@
 //! (SHA-256, the digests of the local store), plus the edgebuild binary and the op description
 //! for op stages; and the `Command` and `Action` built around it.
 
-use std::sync::Arc;
 use super::worker::binary_platform;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use prost::Message;
@@ -88,7 +88,14 @@ impl InputRoot {
         }
     }
 
-    pub(crate) fn add_file(&mut self, rel: &str, blob: Blob, hash: Digest, size: u64, executable: bool) {
+    pub(crate) fn add_file(
+        &mut self,
+        rel: &str,
+        blob: Blob,
+        hash: Digest,
+        size: u64,
+        executable: bool,
+    ) {
         let (parent, name) = match rel.rsplit_once('/') {
             Some((p, n)) => (p, n),
             None => ("", rel),

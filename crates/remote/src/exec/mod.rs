@@ -22,12 +22,12 @@ pub mod outputs;
 pub mod settings;
 pub mod worker;
 
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 use execute::mentions_platform;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream;
@@ -39,11 +39,13 @@ use edgebuild_engine::hash::Digest;
 use edgebuild_engine::op::OpRegistry;
 use edgebuild_engine::stage::Action;
 
-pub use settings::{EXEC_ENV, HEADER_ENV_PREFIX, REMOTE_PATH, RemoteExecSettings, RemoteStats, TOKEN_ENV};
-pub use worker::{OpDescription, binary_platform, run_op};
 use execute::Fault;
 use outputs::CollectError;
 use settings::{Counters, MAX_MESSAGE};
+pub use settings::{
+    EXEC_ENV, HEADER_ENV_PREFIX, REMOTE_PATH, RemoteExecSettings, RemoteStats, TOKEN_ENV,
+};
+pub use worker::{OpDescription, binary_platform, run_op};
 
 #[derive(Clone)]
 struct Headers(Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>);
@@ -429,8 +431,8 @@ mod tests {
     use cas::Chunks;
     use merkle::{Blob, InputRoot};
     use outputs::tree_files;
-    use settings::CHUNK;
     use prost::Message;
+    use settings::CHUNK;
     use std::collections::HashMap;
 
     #[test]

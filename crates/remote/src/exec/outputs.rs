@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use prost::Message;
 
+use super::RemoteExecutor;
 use super::execute::Fault;
 use super::merkle::Prepared;
-use super::RemoteExecutor;
 use edgebuild_engine::exec::{ExecFailure, Job};
 
 pub(crate) enum CollectError {
