@@ -408,7 +408,7 @@ fn quantized_evaluation_really_runs_quantized_kernels() {
     .unwrap();
     let x = data.x.narrow(0, 0, 64).unwrap();
     let q = quant.forward(&x).unwrap();
-    let f = edgebuild_ml::model::forward(&quant.arch, &dequantized, &x).unwrap();
+    let f = edgebuild_ml::model::forward(&quant.arch, &dequantized.params().unwrap(), &x).unwrap();
     let diff = (&q - &f)
         .unwrap()
         .abs()

@@ -1,24 +1,33 @@
-//! Models: an architecture file (layers in order) and safetensors weights with PyTorch
-//! `state_dict` names, run with candle.
+//! Models: an architecture file and safetensors weights with PyTorch `state_dict` names (or the
+//! names the ONNX importer gives), run as a graph.
 //!
-//! This module owns the architecture format (SPEC.md, "Models"), the check that weights match it
-//! (every tensor named, every shape right), shape inference with per-layer parameter, MAC and
-//! activation counts for reports, and one forward pass over a [`ParamSource`]: float weights
-//! ([`FloatWeights`]) or a GGUF file run through candle's quantized kernels ([`QuantModel`]).
-//! Convolutions run as im2col + matmul in both, so a quantized conv is a `QMatMul` with rows of
-//! `in_channels·k·k` (SPEC.md, "`evaluate`"). [`reference`] is a plain-Rust forward pass with a fixed
-//! summation order, for results that must not depend on the CPU.
+//! An architecture is either a chain of `layers:` (SPEC.md, "Models") or a graph of `nodes:`
+//! (SPEC.md, "Graph models"); both become one [`Graph`]. This module owns the architecture file,
+//! the check that weights match it (every tensor named, every shape right), and the parameters
+//! a forward pass ([`exec`]) reads: float weights ([`FloatWeights`]), the f64 reference
+//! ([`RefParams`], bit-identical on every CPU, SPEC.md, "`imatrix`"), or a GGUF run through
+//! candle's quantized kernels ([`QuantModel`]). Convolutions run as im2col + matmul, so a
+//! quantized conv is a `QMatMul` with rows of `in_channels/groups·kh·kw` (SPEC.md,
+//! "`evaluate`").
 
-pub mod reference;
+pub mod exec;
+pub mod graph;
+pub mod layers;
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// The architecture file: layers in order, applied to samples of `input_shape`.
+pub use exec::{Params, Real};
+pub use graph::{Graph, LayerInfo, RawNode, TensorSpec};
+pub use layers::Layer;
+
+/// The architecture file: a chain of `layers`, or a graph of `nodes`, applied to samples of
+/// `input_shape`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Architecture {
@@ -28,169 +37,21 @@ pub struct Architecture {
     /// Class names, in output order.
     #[serde(default)]
     pub labels: Vec<String>,
+    /// A chain: layers in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<Layer>,
-}
-
-fn yes() -> bool {
-    true
-}
-fn one() -> usize {
-    1
-}
-fn default_eps() -> f64 {
-    1e-5
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Layer {
-    Linear {
-        name: String,
-        #[serde(rename = "in")]
-        in_features: usize,
-        #[serde(rename = "out")]
-        out_features: usize,
-        #[serde(default = "yes")]
-        bias: bool,
-    },
-    Conv2d {
-        name: String,
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-        #[serde(default = "one")]
-        stride: usize,
-        #[serde(default)]
-        padding: usize,
-        #[serde(default = "yes")]
-        bias: bool,
-    },
-    Batchnorm {
-        name: String,
-        features: usize,
-        #[serde(default = "default_eps")]
-        eps: f64,
-    },
-    Layernorm {
-        name: String,
-        features: usize,
-        #[serde(default = "default_eps")]
-        eps: f64,
-    },
-    Flatten,
-    Maxpool {
-        kernel: usize,
-        stride: Option<usize>,
-    },
-    Avgpool {
-        kernel: usize,
-        stride: Option<usize>,
-    },
-    Relu,
-    Gelu,
-    Silu,
-    Sigmoid,
-    Tanh,
-    Softmax,
-}
-
-/// A tensor a layer needs, with its expected shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorSpec {
-    pub name: String,
-    pub shape: Vec<usize>,
-    /// A matmul weight: quantizable, rows of `shape[1..].product()`.
-    pub matmul: bool,
-}
-
-/// A layer with its shapes and costs, for validation and reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct LayerInfo {
-    pub index: usize,
-    pub kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub input_shape: Vec<usize>,
-    pub output_shape: Vec<usize>,
-    pub params: u64,
-    /// Multiply-accumulates per sample.
-    pub macs: u64,
-    /// Bytes of the f32 output activation per sample.
-    pub activation_bytes: u64,
-    #[serde(skip)]
-    pub tensors: Vec<TensorSpec>,
-}
-
-impl Layer {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Layer::Linear { .. } => "linear",
-            Layer::Conv2d { .. } => "conv2d",
-            Layer::Batchnorm { .. } => "batchnorm",
-            Layer::Layernorm { .. } => "layernorm",
-            Layer::Flatten => "flatten",
-            Layer::Maxpool { .. } => "maxpool",
-            Layer::Avgpool { .. } => "avgpool",
-            Layer::Relu => "relu",
-            Layer::Gelu => "gelu",
-            Layer::Silu => "silu",
-            Layer::Sigmoid => "sigmoid",
-            Layer::Tanh => "tanh",
-            Layer::Softmax => "softmax",
-        }
-    }
-
-    /// The first size field that is zero, if any: every size, kernel and stride must be >= 1.
-    fn zero_size(&self) -> Option<&'static str> {
-        let fields: Vec<(&'static str, usize)> = match self {
-            Layer::Linear {
-                in_features,
-                out_features,
-                ..
-            } => vec![("in", *in_features), ("out", *out_features)],
-            Layer::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                stride,
-                ..
-            } => vec![
-                ("in_channels", *in_channels),
-                ("out_channels", *out_channels),
-                ("kernel", *kernel),
-                ("stride", *stride),
-            ],
-            Layer::Batchnorm { features, .. } | Layer::Layernorm { features, .. } => {
-                vec![("features", *features)]
-            }
-            Layer::Maxpool { kernel, stride } | Layer::Avgpool { kernel, stride } => {
-                vec![("kernel", *kernel), ("stride", stride.unwrap_or(*kernel))]
-            }
-            _ => Vec::new(),
-        };
-        fields
-            .into_iter()
-            .find(|(_, v)| *v == 0)
-            .map(|(name, _)| name)
-    }
-
-    fn name(&self) -> Option<&str> {
-        match self {
-            Layer::Linear { name, .. }
-            | Layer::Conv2d { name, .. }
-            | Layer::Batchnorm { name, .. }
-            | Layer::Layernorm { name, .. } => Some(name),
-            _ => None,
-        }
-    }
-}
-
-fn pool_out(size: usize, kernel: usize, stride: usize) -> usize {
-    if size < kernel {
-        0
-    } else {
-        (size - kernel) / stride + 1
-    }
+    /// A graph: the input tensor's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// A graph: the output tensor's name (default: the last node's output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// A graph: every weight with its shape.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, Vec<usize>>,
+    /// A graph: nodes in topological order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<RawNode>,
 }
 
 impl Architecture {
@@ -198,183 +59,94 @@ impl Architecture {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let arch: Architecture =
             serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        arch.layer_infos()
+        arch.graph()
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(arch)
     }
 
-    /// Infers every layer's shapes and costs; an inconsistent architecture is an error.
-    pub fn layer_infos(&self) -> Result<Vec<LayerInfo>, String> {
-        let mut shape = self.input_shape.clone();
-        if shape.is_empty() || shape.contains(&0) {
-            return Err(format!(
-                "input_shape {shape:?} must be non-empty and positive"
-            ));
-        }
-        let mut infos = Vec::new();
-        for (index, layer) in self.layers.iter().enumerate() {
-            let at = |msg: String| format!("layer {index} ({}): {msg}", layer.kind());
-            if let Some(field) = layer.zero_size() {
-                return Err(at(format!("`{field}` must be at least 1")));
+    /// Whether this is a graph (`nodes:`) rather than a chain (`layers:`).
+    pub fn is_graph(&self) -> bool {
+        !self.nodes.is_empty()
+    }
+
+    /// The model as a checked graph; an inconsistent architecture is an error.
+    pub fn graph(&self) -> Result<Graph, String> {
+        let graph = match (self.layers.is_empty(), self.nodes.is_empty()) {
+            (false, false) => {
+                return Err(
+                    "an architecture has `layers` (a chain) or `nodes` (a graph), not both".into(),
+                );
             }
-            let input_shape = shape.clone();
-            let mut tensors = Vec::new();
-            let mut macs = 0u64;
-            let spec = |name: &str, suffix: &str, shape: Vec<usize>, matmul: bool| TensorSpec {
-                name: format!("{name}.{suffix}"),
-                shape,
-                matmul,
-            };
-            match layer {
-                Layer::Linear {
-                    name,
-                    in_features,
-                    out_features,
-                    bias,
-                } => {
-                    if shape.last() != Some(in_features) || shape.len() != 1 {
-                        return Err(at(format!(
-                            "expects {in_features} input features but gets shape {shape:?} (add a flatten layer before it?)"
-                        )));
-                    }
-                    tensors.push(spec(
-                        name,
-                        "weight",
-                        vec![*out_features, *in_features],
-                        true,
-                    ));
-                    if *bias {
-                        tensors.push(spec(name, "bias", vec![*out_features], false));
-                    }
-                    macs = (*in_features * *out_features) as u64;
-                    shape = vec![*out_features];
+            (false, true) => {
+                if self.input.is_some() || self.output.is_some() || !self.weights.is_empty() {
+                    return Err(
+                        "`input`, `output` and `weights` belong to a graph of `nodes`".into(),
+                    );
                 }
-                Layer::Conv2d {
-                    name,
-                    in_channels,
-                    out_channels,
-                    kernel,
-                    stride,
-                    padding,
-                    bias,
-                } => {
-                    let [c, h, w] = shape[..] else {
-                        return Err(at(format!(
-                            "expects [channels, height, width] but gets {shape:?}"
-                        )));
-                    };
-                    if c != *in_channels {
-                        return Err(at(format!("expects {in_channels} channels but gets {c}")));
-                    }
-                    let oh = pool_out(h + 2 * padding, *kernel, *stride);
-                    let ow = pool_out(w + 2 * padding, *kernel, *stride);
-                    if oh == 0 || ow == 0 || *stride == 0 {
-                        return Err(at(format!("kernel {kernel} does not fit input {h}×{w}")));
-                    }
-                    tensors.push(spec(
-                        name,
-                        "weight",
-                        vec![*out_channels, *in_channels, *kernel, *kernel],
-                        true,
-                    ));
-                    if *bias {
-                        tensors.push(spec(name, "bias", vec![*out_channels], false));
-                    }
-                    macs = (oh * ow * out_channels * in_channels * kernel * kernel) as u64;
-                    shape = vec![*out_channels, oh, ow];
-                }
-                Layer::Batchnorm { name, features, .. } => {
-                    if shape.first() != Some(features) {
-                        return Err(at(format!(
-                            "expects {features} channels but gets shape {shape:?}"
-                        )));
-                    }
-                    for suffix in ["weight", "bias", "running_mean", "running_var"] {
-                        tensors.push(spec(name, suffix, vec![*features], false));
-                    }
-                }
-                Layer::Layernorm { name, features, .. } => {
-                    if shape.last() != Some(features) {
-                        return Err(at(format!(
-                            "normalizes {features} features but gets shape {shape:?}"
-                        )));
-                    }
-                    for suffix in ["weight", "bias"] {
-                        tensors.push(spec(name, suffix, vec![*features], false));
-                    }
-                }
-                Layer::Flatten => shape = vec![shape.iter().product()],
-                Layer::Maxpool { kernel, stride } | Layer::Avgpool { kernel, stride } => {
-                    let [c, h, w] = shape[..] else {
-                        return Err(at(format!(
-                            "expects [channels, height, width] but gets {shape:?}"
-                        )));
-                    };
-                    let s = stride.unwrap_or(*kernel);
-                    let (oh, ow) = (pool_out(h, *kernel, s), pool_out(w, *kernel, s));
-                    if oh == 0 || ow == 0 || s == 0 {
-                        return Err(at(format!("pool {kernel} does not fit input {h}×{w}")));
-                    }
-                    shape = vec![c, oh, ow];
-                }
-                Layer::Relu
-                | Layer::Gelu
-                | Layer::Silu
-                | Layer::Sigmoid
-                | Layer::Tanh
-                | Layer::Softmax => {}
+                let chain = layers::to_graph(&self.input_shape, &self.layers)?;
+                Graph::build(
+                    &chain.input,
+                    &self.input_shape,
+                    None,
+                    &chain.nodes,
+                    &chain.weights,
+                    Some(&chain.kinds),
+                )?
             }
-            let params = tensors
-                .iter()
-                .filter(|t| !t.name.ends_with("running_mean") && !t.name.ends_with("running_var"))
-                .map(|t| t.shape.iter().product::<usize>() as u64)
-                .sum();
-            infos.push(LayerInfo {
-                index,
-                kind: layer.kind().to_string(),
-                name: layer.name().map(str::to_string),
-                input_shape,
-                output_shape: shape.clone(),
-                params,
-                macs,
-                activation_bytes: 4 * shape.iter().product::<usize>() as u64,
-                tensors,
-            });
-        }
-        if !self.labels.is_empty() && shape != [self.labels.len()] {
+            (true, _) => Graph::build(
+                self.input.as_deref().unwrap_or("input"),
+                &self.input_shape,
+                self.output.as_deref(),
+                &self.nodes,
+                &self.weights,
+                None,
+            )?,
+        };
+        let out = graph.output_shape();
+        if !self.labels.is_empty() && out != [self.labels.len()] {
             return Err(format!(
-                "{} labels but the model outputs shape {shape:?}",
+                "{} labels but the model outputs shape {out:?}",
                 self.labels.len()
             ));
         }
-        Ok(infos)
+        Ok(graph)
     }
 
-    /// Every tensor the architecture needs, in layer order.
+    /// Every node's shapes and costs, in order.
+    pub fn layer_infos(&self) -> Result<Vec<LayerInfo>, String> {
+        Ok(self.graph()?.infos)
+    }
+
+    /// Every weight the architecture needs, in node order.
     pub fn tensor_specs(&self) -> Result<Vec<TensorSpec>, String> {
-        Ok(self
-            .layer_infos()?
-            .into_iter()
-            .flat_map(|l| l.tensors)
-            .collect())
+        Ok(self.graph()?.tensor_specs())
     }
 
     /// The number of classes of a classifier (a model whose output is one vector per sample).
     pub fn classes(&self) -> Result<usize, String> {
-        let infos = self.layer_infos()?;
-        let shape = infos
-            .last()
-            .map_or(self.input_shape.clone(), |l| l.output_shape.clone());
-        match shape[..] {
-            [classes] => Ok(classes),
-            _ => Err(format!(
+        let graph = self.graph()?;
+        match graph.output_shape() {
+            [classes] => Ok(*classes),
+            shape => Err(format!(
                 "the model outputs {shape:?} per sample, not one score per class (add flatten and a linear layer?)"
             )),
         }
     }
+
+    /// Whether the model's last op is a softmax (its outputs are probabilities already).
+    pub fn ends_with_softmax(&self) -> bool {
+        self.graph()
+            .ok()
+            .and_then(|g| {
+                g.nodes
+                    .last()
+                    .map(|n| matches!(n.op, graph::Op::Softmax { .. }))
+            })
+            .unwrap_or(false)
+    }
 }
 
-/// Float weights by `state_dict` name, checked against an architecture.
+/// Float weights by name, checked against an architecture.
 pub struct FloatWeights {
     pub tensors: BTreeMap<String, Tensor>,
 }
@@ -420,152 +192,106 @@ impl FloatWeights {
         }
         Ok(FloatWeights { tensors })
     }
-}
 
-/// Where a forward pass gets its parameters, and how it multiplies by a weight.
-pub trait ParamSource {
-    /// A non-matmul tensor (bias, norm parameters) as f32.
-    fn tensor(&self, name: &str) -> candle_core::Result<Tensor>;
-    /// `x @ W^T` for a matmul weight `W` viewed as `[out, rows]`, `x` being `[n, rows]`.
-    fn matmul(&self, weight: &str, x: &Tensor) -> candle_core::Result<Tensor>;
-}
-
-fn named(tensors: &BTreeMap<String, Tensor>, name: &str) -> candle_core::Result<Tensor> {
-    tensors
-        .get(name)
-        .cloned()
-        .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))
-}
-
-impl ParamSource for FloatWeights {
-    fn tensor(&self, name: &str) -> candle_core::Result<Tensor> {
-        named(&self.tensors, name)
-    }
-
-    fn matmul(&self, weight: &str, x: &Tensor) -> candle_core::Result<Tensor> {
-        let w = self.tensor(weight)?;
-        let out = w.dim(0)?;
-        let w = w.reshape((out, ()))?;
-        x.matmul(&w.t()?)
-    }
-}
-
-/// Rearranges `[n, c, h, w]` into `[n·oh·ow, c·k·k]` patches (PyTorch weight order).
-pub fn im2col(
-    x: &Tensor,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-) -> candle_core::Result<(Tensor, usize, usize)> {
-    let (n, c, h, w) = x.dims4()?;
-    let oh = pool_out(h + 2 * padding, kernel, stride);
-    let ow = pool_out(w + 2 * padding, kernel, stride);
-    let data = x.flatten_all()?.to_vec1::<f32>()?;
-    let row = c * kernel * kernel;
-    let mut out = vec![0f32; n * oh * ow * row];
-    for b in 0..n {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let dst = ((b * oh + oy) * ow + ox) * row;
-                for ch in 0..c {
-                    for ky in 0..kernel {
-                        let iy = (oy * stride + ky) as isize - padding as isize;
-                        for kx in 0..kernel {
-                            let ix = (ox * stride + kx) as isize - padding as isize;
-                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                out[dst + (ch * kernel + ky) * kernel + kx] =
-                                    data[((b * c + ch) * h + iy as usize) * w + ix as usize];
-                            }
-                        }
-                    }
-                }
-            }
+    /// The weights as f32 values, for a forward pass.
+    pub fn params(&self) -> Result<FloatParams, String> {
+        let mut values = BTreeMap::new();
+        for (name, t) in &self.tensors {
+            let v = t
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| format!("tensor `{name}`: {e}"))?;
+            values.insert(name.clone(), v);
         }
+        Ok(FloatParams { values })
     }
-    Ok((
-        Tensor::from_vec(out, (n * oh * ow, row), x.device())?,
-        oh,
-        ow,
-    ))
+
+    /// The weights as f64 values, for the reference forward pass.
+    pub fn reference(&self) -> Result<RefParams, String> {
+        Ok(RefParams {
+            values: self
+                .params()?
+                .values
+                .into_iter()
+                .map(|(k, v)| (k, v.into_iter().map(f64::from).collect()))
+                .collect(),
+        })
+    }
 }
 
-/// Runs the model on a batch `[n, input_shape...]`, returning the last layer's output.
+/// f32 weights, multiplied by the `gemm` crate.
+pub struct FloatParams {
+    pub values: BTreeMap<String, Vec<f32>>,
+}
+
+impl Params<f32> for FloatParams {
+    fn dense(&self, name: &str) -> Option<&[f32]> {
+        self.values.get(name).map(Vec::as_slice)
+    }
+
+    fn matmul(
+        &self,
+        weight: &str,
+        rows: Range<usize>,
+        x: &[f32],
+        m: usize,
+        k: usize,
+    ) -> Result<Vec<f32>, String> {
+        let w = self
+            .dense(weight)
+            .ok_or_else(|| format!("no weight `{weight}`"))?;
+        Ok(exec::matmul_f32(w, rows, x, m, k))
+    }
+}
+
+/// f64 weights with a fixed summation order: the same results on every CPU.
+pub struct RefParams {
+    pub values: BTreeMap<String, Vec<f64>>,
+}
+
+impl Params<f64> for RefParams {
+    fn dense(&self, name: &str) -> Option<&[f64]> {
+        self.values.get(name).map(Vec::as_slice)
+    }
+
+    fn matmul(
+        &self,
+        weight: &str,
+        rows: Range<usize>,
+        x: &[f64],
+        m: usize,
+        k: usize,
+    ) -> Result<Vec<f64>, String> {
+        let w = self
+            .dense(weight)
+            .ok_or_else(|| format!("no weight `{weight}`"))?;
+        Ok(exec::matmul_reference(w, rows, x, m, k))
+    }
+}
+
+/// Runs a graph on a candle batch `[n, input_shape...]` in f32.
 pub fn forward(
     arch: &Architecture,
-    params: &dyn ParamSource,
+    params: &dyn Params<f32>,
     x: &Tensor,
-) -> candle_core::Result<Tensor> {
-    let mut x = x.clone();
-    for layer in &arch.layers {
-        x = match layer {
-            Layer::Linear { name, bias, .. } => {
-                let y = params.matmul(&format!("{name}.weight"), &x)?;
-                if *bias {
-                    y.broadcast_add(&params.tensor(&format!("{name}.bias"))?)?
-                } else {
-                    y
-                }
-            }
-            Layer::Conv2d {
-                name,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                bias,
-                ..
-            } => {
-                let n = x.dim(0)?;
-                let (cols, oh, ow) = im2col(&x, *kernel, *stride, *padding)?;
-                let mut y = params.matmul(&format!("{name}.weight"), &cols)?;
-                if *bias {
-                    y = y.broadcast_add(&params.tensor(&format!("{name}.bias"))?)?;
-                }
-                y.reshape((n, oh, ow, *out_channels))?
-                    .permute((0, 3, 1, 2))?
-                    .contiguous()?
-            }
-            Layer::Batchnorm { name, eps, .. } => {
-                let shape_for = |t: Tensor| -> candle_core::Result<Tensor> {
-                    let mut dims = vec![1, t.dim(0)?];
-                    dims.extend(std::iter::repeat_n(1, x.rank() - 2));
-                    t.reshape(dims)
-                };
-                let mean = shape_for(params.tensor(&format!("{name}.running_mean"))?)?;
-                let var = shape_for(params.tensor(&format!("{name}.running_var"))?)?;
-                let weight = shape_for(params.tensor(&format!("{name}.weight"))?)?;
-                let beta = shape_for(params.tensor(&format!("{name}.bias"))?)?;
-                let denom = (var + *eps)?.sqrt()?;
-                x.broadcast_sub(&mean)?
-                    .broadcast_div(&denom)?
-                    .broadcast_mul(&weight)?
-                    .broadcast_add(&beta)?
-            }
-            Layer::Layernorm { name, eps, .. } => {
-                let mean = x.mean_keepdim(D::Minus1)?;
-                let centered = x.broadcast_sub(&mean)?;
-                let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-                centered
-                    .broadcast_div(&(var + *eps)?.sqrt()?)?
-                    .broadcast_mul(&params.tensor(&format!("{name}.weight"))?)?
-                    .broadcast_add(&params.tensor(&format!("{name}.bias"))?)?
-            }
-            Layer::Flatten => x.flatten_from(1)?,
-            Layer::Maxpool { kernel, stride } => {
-                x.max_pool2d_with_stride(*kernel, stride.unwrap_or(*kernel))?
-            }
-            Layer::Avgpool { kernel, stride } => {
-                x.avg_pool2d_with_stride(*kernel, stride.unwrap_or(*kernel))?
-            }
-            Layer::Relu => x.relu()?,
-            Layer::Gelu => x.gelu_erf()?,
-            Layer::Silu => x.silu()?,
-            Layer::Sigmoid => candle_nn::ops::sigmoid(&x)?,
-            Layer::Tanh => x.tanh()?,
-            Layer::Softmax => candle_nn::ops::softmax_last_dim(&x)?,
-        };
-    }
-    Ok(x)
+) -> Result<Tensor, String> {
+    let graph = arch.graph()?;
+    forward_graph(&graph, params, x)
+}
+
+/// [`forward`] with the graph already built.
+pub fn forward_graph(
+    graph: &Graph,
+    params: &dyn Params<f32>,
+    x: &Tensor,
+) -> Result<Tensor, String> {
+    let shape = x.dims().to_vec();
+    let data = x
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| e.to_string())?;
+    let out = exec::forward(graph, params, exec::Tensor::new(shape, data), None)?;
+    Tensor::from_vec(out.data, out.shape, &Device::Cpu).map_err(|e| e.to_string())
 }
 
 /// Quantization types by their llama.cpp names.
@@ -622,12 +348,24 @@ pub mod gguf_keys {
     pub const SOURCES: &str = "edgebuild.sources";
 }
 
-/// A GGUF model run through candle's quantized kernels: matmul weights as `QMatMul`, the rest
+/// A matmul weight of a GGUF: block-quantized, one `QMatMul` per group of output rows, or plain
+/// values (f32 or f16 dequantized) multiplied like float weights.
+enum QWeight {
+    Blocks {
+        groups: Vec<QMatMul>,
+        rows_per_group: usize,
+    },
+    Dense(Vec<f32>),
+}
+
+/// A GGUF model run through candle's quantized kernels: block-quantized matmul weights as
+/// `QMatMul` (which quantizes the activations too, as a device runtime does), the rest
 /// dequantized to f32.
 pub struct QuantModel {
     pub arch: Architecture,
-    matmuls: BTreeMap<String, QMatMul>,
-    tensors: BTreeMap<String, Tensor>,
+    pub graph: Graph,
+    matmuls: BTreeMap<String, QWeight>,
+    tensors: BTreeMap<String, Vec<f32>>,
     /// Type of every tensor, by name.
     pub types: BTreeMap<String, String>,
 }
@@ -664,22 +402,46 @@ impl QuantModel {
             }
         };
         let arch: Architecture = serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
+        let graph = arch.graph().map_err(|e| format!("{name}: {e}"))?;
         let mut matmuls = BTreeMap::new();
         let mut tensors = BTreeMap::new();
         let mut types = BTreeMap::new();
-        for spec in arch.tensor_specs()? {
+        for spec in graph.tensor_specs() {
             let q: QTensor = content
                 .tensor(&mut file, &spec.name, &Device::Cpu)
                 .map_err(|e| format!("{name}: tensor `{}`: {e}", spec.name))?;
             types.insert(spec.name.clone(), type_name(q.dtype()).to_string());
-            if spec.matmul {
-                matmuls.insert(spec.name.clone(), QMatMul::from_qtensor(q).map_err(err)?);
+            let values = |q: &QTensor| -> Result<Vec<f32>, String> {
+                q.dequantize(&Device::Cpu)
+                    .and_then(|t| t.flatten_all())
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(err)
+            };
+            let blocked = !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+            if spec.matmul && blocked {
+                let out = spec.shape[0];
+                let rows_per_group = out / spec.groups.max(1);
+                let groups = if spec.groups <= 1 {
+                    vec![QMatMul::from_qtensor(q).map_err(err)?]
+                } else {
+                    split_rows(&q, spec.groups).map_err(err)?
+                };
+                matmuls.insert(
+                    spec.name.clone(),
+                    QWeight::Blocks {
+                        groups,
+                        rows_per_group,
+                    },
+                );
+            } else if spec.matmul {
+                matmuls.insert(spec.name.clone(), QWeight::Dense(values(&q)?));
             } else {
-                tensors.insert(spec.name.clone(), q.dequantize(&Device::Cpu).map_err(err)?);
+                tensors.insert(spec.name.clone(), values(&q)?);
             }
         }
         Ok(QuantModel {
             arch,
+            graph,
             matmuls,
             tensors,
             types,
@@ -687,26 +449,78 @@ impl QuantModel {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        forward(&self.arch, self, x)
+        forward_graph(&self.graph, self, x).map_err(candle_core::Error::Msg)
     }
 }
 
-impl ParamSource for QuantModel {
-    fn tensor(&self, name: &str) -> candle_core::Result<Tensor> {
-        named(&self.tensors, name)
+/// A block-quantized `[out, k]` weight as one `QMatMul` per group of consecutive rows.
+fn split_rows(q: &QTensor, groups: usize) -> candle_core::Result<Vec<QMatMul>> {
+    let dims = q.shape().dims().to_vec();
+    let bytes = q.data()?;
+    let per_group = bytes.len() / groups;
+    let mut shape = dims.clone();
+    shape[0] /= groups;
+    (0..groups)
+        .map(|g| {
+            let t = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                q.dtype(),
+                &bytes[g * per_group..(g + 1) * per_group],
+                shape.clone(),
+                &Device::Cpu,
+            )?;
+            QMatMul::from_qtensor(t)
+        })
+        .collect()
+}
+
+impl Params<f32> for QuantModel {
+    fn dense(&self, name: &str) -> Option<&[f32]> {
+        match self.matmuls.get(name) {
+            Some(QWeight::Dense(v)) => Some(v),
+            Some(QWeight::Blocks { .. }) => None,
+            None => self.tensors.get(name).map(Vec::as_slice),
+        }
     }
 
-    fn matmul(&self, weight: &str, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.matmuls
-            .get(weight)
-            .ok_or_else(|| candle_core::Error::Msg(format!("no matmul weight {weight}")))?
-            .forward(x)
+    fn matmul(
+        &self,
+        weight: &str,
+        rows: Range<usize>,
+        x: &[f32],
+        m: usize,
+        k: usize,
+    ) -> Result<Vec<f32>, String> {
+        match self.matmuls.get(weight) {
+            Some(QWeight::Dense(w)) => Ok(exec::matmul_f32(w, rows, x, m, k)),
+            Some(QWeight::Blocks {
+                groups,
+                rows_per_group,
+            }) => {
+                let g = rows.start / (*rows_per_group).max(1);
+                let q = groups
+                    .get(g)
+                    .filter(|_| rows.len() == *rows_per_group || groups.len() == 1)
+                    .ok_or_else(|| format!("rows {rows:?} are not a group of `{weight}`"))?;
+                let xt = Tensor::from_slice(x, (m, k), &Device::Cpu).map_err(|e| e.to_string())?;
+                let y = q.forward(&xt).map_err(|e| e.to_string())?;
+                let y = if groups.len() == 1 && rows.len() != *rows_per_group {
+                    y.narrow(1, rows.start, rows.len())
+                        .map_err(|e| e.to_string())?
+                } else {
+                    y
+                };
+                y.flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(|e| e.to_string())
+            }
+            None => Err(format!("no matmul weight `{weight}`")),
+        }
     }
 }
 
 /// Softmax over the last dimension unless the model already ends with one.
 pub fn probabilities(arch: &Architecture, output: &Tensor) -> candle_core::Result<Tensor> {
-    if matches!(arch.layers.last(), Some(Layer::Softmax)) {
+    if arch.ends_with_softmax() {
         Ok(output.clone())
     } else {
         candle_nn::ops::softmax_last_dim(output)
@@ -732,6 +546,9 @@ mod tests {
         assert_eq!(infos[0].macs, 36 * 2 * 9);
         assert_eq!(infos[3].output_shape, vec![2, 3, 3]);
         assert_eq!(infos[5].macs, 18 * 3);
+        assert_eq!(infos[5].kind, "linear");
+        assert_eq!(infos[5].name.as_deref(), Some("fc"));
+        assert_eq!(infos[2].name, None);
     }
 
     #[test]
@@ -742,36 +559,69 @@ mod tests {
         assert!(err.contains("add a flatten layer"), "{err}");
     }
 
-    #[test]
-    fn im2col_conv_matches_candle_conv2d() {
+    fn weights_for(arch: &Architecture) -> FloatWeights {
         let dev = Device::Cpu;
-        let x = Tensor::arange(0f32, 2.0 * 3.0 * 5.0 * 5.0, &dev)
-            .unwrap()
-            .reshape((2, 3, 5, 5))
-            .unwrap();
-        let w = (Tensor::arange(0f32, 4.0 * 3.0 * 3.0 * 3.0, &dev).unwrap() / 50.0)
-            .unwrap()
-            .reshape((4, 3, 3, 3))
-            .unwrap();
-        for (stride, padding) in [(1, 0), (2, 1)] {
-            let expected = x.conv2d(&w, padding, stride, 1, 1).unwrap();
-            let (cols, oh, ow) = im2col(&x, 3, stride, padding).unwrap();
-            let got = cols
-                .matmul(&w.reshape((4, 27)).unwrap().t().unwrap())
-                .unwrap()
-                .reshape((2, oh, ow, 4))
-                .unwrap()
-                .permute((0, 3, 1, 2))
-                .unwrap();
-            let diff = (expected - got)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(diff < 1e-3, "stride {stride} padding {padding}: {diff}");
+        let mut tensors = BTreeMap::new();
+        for (i, spec) in arch.tensor_specs().unwrap().into_iter().enumerate() {
+            let n: usize = spec.shape.iter().product();
+            let values: Vec<f32> = (0..n)
+                .map(|j| (((i * 31 + j * 17) % 23) as f32 / 23.0) + 0.1)
+                .collect();
+            tensors.insert(
+                spec.name,
+                Tensor::from_vec(values, spec.shape, &dev).unwrap(),
+            );
         }
+        FloatWeights { tensors }
+    }
+
+    #[test]
+    fn the_reference_matches_f32_within_float_error() {
+        let arch: Architecture = serde_saphyr::from_str(
+            "name: t\ninput_shape: [2, 5, 5]\nlayers:\n  - {type: conv2d, name: c, in_channels: 2, out_channels: 3, kernel: 3, stride: 2, padding: 1}\n  - {type: batchnorm, name: bn, features: 3}\n  - {type: gelu}\n  - {type: avgpool, kernel: 3}\n  - {type: flatten}\n  - {type: layernorm, name: ln, features: 3}\n  - {type: linear, name: fc, in: 3, out: 4}\n  - {type: tanh}\n  - {type: softmax}\n",
+        )
+        .unwrap();
+        let weights = weights_for(&arch);
+        let graph = arch.graph().unwrap();
+        let sample: Vec<f32> = (0..50).map(|i| (i % 7) as f32 / 7.0 - 0.3).collect();
+        let f = exec::forward(
+            &graph,
+            &weights.params().unwrap(),
+            exec::Tensor::new(vec![1, 2, 5, 5], sample.clone()),
+            None,
+        )
+        .unwrap();
+        let mut rows = 0;
+        let mut observe = |_: &str, _: usize, x: &[f64], k: usize| rows += x.len() / k;
+        let r = exec::forward(
+            &graph,
+            &weights.reference().unwrap(),
+            exec::Tensor::new(vec![1, 2, 5, 5], sample.iter().map(|&v| v as f64).collect()),
+            Some(&mut observe),
+        )
+        .unwrap();
+        assert_eq!(rows, 9 + 1, "9 conv patches and one linear row");
+        for (a, b) in f.data.iter().zip(&r.data) {
+            assert!((*a as f64 - b).abs() < 1e-5, "{:?} vs {:?}", f.data, r.data);
+        }
+        // And against candle's own convolution for the first layer.
+        let x = Tensor::from_vec(sample, (1, 2, 5, 5), &Device::Cpu).unwrap();
+        let w = &weights.tensors["c.weight"];
+        let b = weights.tensors["c.bias"].reshape((1, 3, 1, 1)).unwrap();
+        let expected = x.conv2d(w, 1, 2, 1, 1).unwrap().broadcast_add(&b).unwrap();
+        let one: Architecture = serde_saphyr::from_str(
+            "name: c\ninput_shape: [2, 5, 5]\nlayers:\n  - {type: conv2d, name: c, in_channels: 2, out_channels: 3, kernel: 3, stride: 2, padding: 1}\n",
+        )
+        .unwrap();
+        let got = forward(&one, &weights_for(&one).params().unwrap(), &x).unwrap();
+        let diff = (expected - got)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "{diff}");
     }
 }

@@ -9,7 +9,7 @@
 use serde::Deserialize;
 
 use crate::data::Dataset;
-use crate::model::{Architecture, FloatWeights, QuantModel, forward, probabilities};
+use crate::model::{Architecture, FloatWeights, QuantModel, forward_graph, probabilities};
 use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 
 pub struct Evaluate;
@@ -96,6 +96,8 @@ impl Op for Evaluate {
             )));
         }
 
+        let graph = arch.graph().map_err(OpError::BadInput)?;
+        let float_params = weights.params().map_err(OpError::BadInput)?;
         let n = data.len();
         let (mut float_ok, mut quant_ok, mut agree) = (0usize, 0usize, 0usize);
         let mut klds = Vec::with_capacity(n);
@@ -104,7 +106,7 @@ impl Op for Evaluate {
         for start in (0..n).step_by(batch) {
             let len = batch.min(n - start);
             let x = data.x.narrow(0, start, len).map_err(super::candle)?;
-            let float_out = forward(&arch, &weights, &x).map_err(super::candle)?;
+            let float_out = forward_graph(&graph, &float_params, &x).map_err(OpError::Failed)?;
             let quant_out = quant.forward(&x).map_err(super::candle)?;
             max_abs = max_abs.max(
                 (&float_out - &quant_out)

@@ -2,9 +2,11 @@
 //!
 //! For every matmul weight, the mean of the squared input activation per input column, over
 //! every row the weight multiplies (one per sample for a linear layer, one per output position
-//! for a convolution). Activations come from [`crate::model::reference`], and samples are summed
-//! in fixed chunks whose partial sums are combined in order, so the result is bit-identical
-//! whatever the thread count or CPU (SPEC.md, "`imatrix`").
+//! for a convolution). A grouped convolution has one such vector per group: each group's output
+//! rows multiply their own input columns. Activations come from the f64 reference forward pass
+//! ([`crate::model::RefParams`]), and samples are summed in fixed chunks whose partial sums are
+//! combined in order, so the result is bit-identical whatever the thread count or CPU (SPEC.md,
+//! "`imatrix`").
 
 use std::collections::BTreeMap;
 
@@ -12,7 +14,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::data::Dataset;
-use crate::model::reference::{RefWeights, forward_sample};
+use crate::model::exec::{self, Tensor};
 use crate::model::{Architecture, FloatWeights};
 use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 
@@ -29,6 +31,8 @@ struct ImatrixParams {
 /// Samples per chunk: the unit of parallel work, fixed so the summation order is too.
 const SAMPLES_PER_CHUNK: usize = 32;
 
+/// Per weight: the sums of squares per group and column (`groups × k` values), and the rows
+/// seen per group.
 #[derive(Default, Clone)]
 struct Sums {
     squares: BTreeMap<String, Vec<f64>>,
@@ -36,15 +40,21 @@ struct Sums {
 }
 
 impl Sums {
-    fn add(&mut self, name: &str, row: &[f64]) {
+    /// Adds the rows `[m, k]` that group `group` (of `groups`) of a weight multiplied.
+    fn add(&mut self, name: &str, group: usize, groups: usize, rows: &[f64], k: usize) {
         let sums = self
             .squares
             .entry(name.to_string())
-            .or_insert_with(|| vec![0.0; row.len()]);
-        for (s, v) in sums.iter_mut().zip(row) {
-            *s += v * v;
+            .or_insert_with(|| vec![0.0; groups * k]);
+        let sums = &mut sums[group * k..(group + 1) * k];
+        for row in rows.chunks(k) {
+            for (s, v) in sums.iter_mut().zip(row) {
+                *s += v * v;
+            }
         }
-        *self.rows.entry(name.to_string()).or_default() += 1;
+        if group == 0 {
+            *self.rows.entry(name.to_string()).or_default() += (rows.len() / k) as u64;
+        }
     }
 
     fn merge(mut self, other: Sums) -> Sums {
@@ -88,7 +98,14 @@ impl Op for Imatrix {
             FloatWeights::load(ctx.input("weights")?, &arch).map_err(OpError::BadInput)?;
         let data = Dataset::load(ctx.input("calibration")?, &arch.input_shape)
             .map_err(OpError::BadInput)?;
-        let reference = RefWeights::from_float(&weights).map_err(super::candle)?;
+        let reference = weights.reference().map_err(OpError::BadInput)?;
+        let graph = arch.graph().map_err(OpError::BadInput)?;
+        let groups: BTreeMap<String, usize> = graph
+            .tensor_specs()
+            .into_iter()
+            .filter(|t| t.matmul)
+            .map(|t| (t.name, t.groups))
+            .collect();
         let per_sample: usize = arch.input_shape.iter().product();
         let mut samples = data
             .x
@@ -100,28 +117,35 @@ impl Op for Imatrix {
         samples.truncate(n * per_sample);
 
         let chunks: Vec<&[f32]> = samples.chunks(SAMPLES_PER_CHUNK * per_sample).collect();
-        let partial: Vec<Sums> = chunks
+        let partial: Vec<Result<Sums, String>> = chunks
             .par_iter()
             .map(|chunk| {
                 let mut sums = Sums::default();
-                for sample in chunk.chunks(per_sample) {
-                    forward_sample(&arch, &reference, sample, &mut |name, row| {
-                        sums.add(name, row)
-                    });
-                }
-                sums
+                let mut shape = vec![chunk.len() / per_sample];
+                shape.extend(&arch.input_shape);
+                let x = Tensor::new(shape, chunk.iter().map(|&v| f64::from(v)).collect());
+                let mut observe = |name: &str, group: usize, rows: &[f64], k: usize| {
+                    sums.add(name, group, groups[name], rows, k)
+                };
+                exec::forward(&graph, &reference, x, Some(&mut observe))?;
+                Ok(sums)
             })
             .collect();
+        let partial: Vec<Sums> = partial
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(OpError::Failed)?;
         let total = partial.into_iter().fold(Sums::default(), Sums::merge);
 
         let mut tensors = serde_json::Map::new();
         for (name, squares) in &total.squares {
             let rows = total.rows[name];
             let values: Vec<f32> = squares.iter().map(|s| (s / rows as f64) as f32).collect();
-            tensors.insert(
-                name.clone(),
-                serde_json::json!({ "rows": rows, "values": values }),
-            );
+            let entry = match groups[name] {
+                1 => serde_json::json!({ "rows": rows, "values": values }),
+                g => serde_json::json!({ "rows": rows, "groups": g, "values": values }),
+            };
+            tensors.insert(name.clone(), entry);
         }
         let out = serde_json::json!({
             "format": "edgebuild-imatrix-v1",

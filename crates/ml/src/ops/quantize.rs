@@ -113,6 +113,33 @@ pub fn quantize_rows(
     }
 }
 
+/// [`quantize_rows`] for a grouped convolution's `[out, cols]` weight: each group's rows are
+/// quantized with that group's importance columns (`imatrix` holds `groups × cols` values).
+pub fn quantize_groups(
+    tensor: &Tensor,
+    dtype: GgmlDType,
+    imatrix: Option<&[f32]>,
+    groups: usize,
+) -> candle_core::Result<QTensor> {
+    let Some(imatrix) = imatrix.filter(|_| groups > 1) else {
+        return quantize_rows(tensor, dtype, imatrix);
+    };
+    let (rows, cols) = tensor.dims2()?;
+    let per_group = rows / groups;
+    let mut bytes = Vec::new();
+    for g in 0..groups {
+        let part = tensor.narrow(0, g * per_group, per_group)?;
+        let q = quantize_rows(&part, dtype, Some(&imatrix[g * cols..(g + 1) * cols]))?;
+        bytes.extend_from_slice(&q.data()?);
+    }
+    candle_core::quantized::ggml_file::qtensor_from_ggml(
+        dtype,
+        &bytes,
+        vec![rows, cols],
+        &candle_core::Device::Cpu,
+    )
+}
+
 fn quantize_blocks<T: candle_core::quantized::GgmlType + Send + Sync + 'static>(
     data: &[f32],
     rows: usize,
@@ -307,14 +334,20 @@ impl Op for Quantize {
                 })?),
                 _ => None,
             };
+            let groups = spec.groups.max(1);
             if let Some(w) = column_weights
-                && w.len() != cols
+                && w.len() != cols * groups
             {
                 return Err(OpError::BadInput(format!(
-                    "{}: the importance matrix for `{}` has {} columns, the tensor {cols}",
+                    "{}: the importance matrix for `{}` has {} columns, the tensor {cols}{}",
                     ctx.stage_id,
                     spec.name,
-                    w.len()
+                    w.len(),
+                    if groups > 1 {
+                        format!(" in each of {groups} groups")
+                    } else {
+                        String::new()
+                    }
                 )));
             }
             let reason = match (&imatrix, column_weights) {
@@ -327,7 +360,7 @@ impl Op for Quantize {
             let matrix = tensor.reshape((rows, cols)).map_err(super::candle)?;
             quantized.push((
                 spec.name.clone(),
-                quantize_rows(&matrix, dtype, column_weights.map(Vec::as_slice))
+                quantize_groups(&matrix, dtype, column_weights.map(Vec::as_slice), groups)
                     .map_err(super::candle)?,
             ));
             decisions.insert(

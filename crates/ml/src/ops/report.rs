@@ -170,7 +170,8 @@ impl Op for Report {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let infos = arch.layer_infos().map_err(OpError::BadInput)?;
+        let graph = arch.graph().map_err(OpError::BadInput)?;
+        let infos = &graph.infos;
         let weight_bytes_of = |layer: &crate::model::LayerInfo| -> u64 {
             layer
                 .tensors
@@ -179,22 +180,10 @@ impl Op for Report {
                 .map(|r| r.bytes)
                 .sum()
         };
-        let input_bytes = 4 * arch.input_shape.iter().product::<usize>() as u64;
-        // Activations: a layer holds its input and output at once, plus the im2col scratch
-        // buffer of a convolution.
-        let mut peak_activation = 0u64;
+        // Activations: the peak of the tensors live at once in node order (SPEC.md, "`report`").
+        let peak_activation = graph.peak_activation_bytes();
         let mut layers = Vec::new();
-        let mut previous = input_bytes;
-        for layer in &infos {
-            let scratch = if layer.kind == "conv2d" {
-                let out: usize = layer.output_shape[1..].iter().product();
-                let row: usize = layer.tensors[0].shape[1..].iter().product();
-                4 * (out * row) as u64
-            } else {
-                0
-            };
-            let live = previous + layer.activation_bytes + scratch;
-            peak_activation = peak_activation.max(live);
+        for layer in infos {
             layers.push(serde_json::json!({
                 "index": layer.index,
                 "kind": layer.kind,
@@ -205,7 +194,6 @@ impl Op for Report {
                 "weight_bytes": weight_bytes_of(layer),
                 "activation_bytes": layer.activation_bytes,
             }));
-            previous = layer.activation_bytes;
         }
         // Parameters as the layers count them: BatchNorm's running statistics are buffers.
         let total_params: u64 = infos.iter().map(|l| l.params).sum();
@@ -215,14 +203,13 @@ impl Op for Report {
         let mut predictions = BTreeMap::new();
         for (name, profile) in &selected {
             let mut seconds = 0f64;
-            let mut previous = input_bytes;
-            for layer in &infos {
+            for layer in infos {
                 let elementwise = layer.activation_bytes / 4;
                 let flops = 2.0 * layer.macs as f64 + elementwise as f64;
-                let moved = (weight_bytes_of(layer) + previous + layer.activation_bytes) as f64;
+                let moved =
+                    (weight_bytes_of(layer) + layer.input_bytes + layer.activation_bytes) as f64;
                 seconds += (flops / (profile.peak_gflops * 1e9))
                     .max(moved / (profile.bandwidth_gbps * 1e9));
-                previous = layer.activation_bytes;
             }
             predictions.insert(
                 name.clone(),
