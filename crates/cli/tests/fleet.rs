@@ -967,10 +967,13 @@ fn a_share_of_devices_failing_to_install_aborts_a_first_release() {
         "{reason}"
     );
     assert!(reason.contains("no rollback manifest"), "{reason}");
-    // The devices that failed still run nothing; the others kept release 1.
+    // The devices that failed still run nothing, nor do those the rollout stopped before they
+    // installed (on a loaded machine, some); the others kept release 1.
     let running = setup.devices();
+    let installed = summary["installs"].as_u64().unwrap();
     assert_eq!(
-        running.iter().filter(|(r, _)| *r == 0).count() as u64,
-        failures
+        running.iter().filter(|(r, _)| *r == 1).count() as u64,
+        installed
     );
+    assert!(running.iter().filter(|(r, _)| *r == 0).count() as u64 >= failures);
 }

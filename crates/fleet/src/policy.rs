@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn the_committed_example_parses() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rollout.yaml");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/rollout.yaml");
         let policy = load(std::path::Path::new(path)).unwrap();
         let shares: Vec<f64> = policy.stages.iter().map(|s| s.percent).collect();
         assert_eq!(shares, [1.0, 10.0, 50.0, 100.0]);

@@ -643,7 +643,7 @@ mod tests {
 
     #[test]
     fn the_openapi_document_names_every_route_and_no_other() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/fleet-openapi.yaml");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/fleet-openapi.yaml");
         let doc: serde_json::Value =
             serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let mut documented = Vec::new();

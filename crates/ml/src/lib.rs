@@ -8,5 +8,6 @@
 
 pub mod data;
 pub mod model;
+pub mod onnx;
 pub mod ops;
 pub mod profile;

@@ -429,7 +429,7 @@ fn run_node<'o, F: Real>(
             }
             Tensor::new(x.shape.clone(), data)
         }
-        Op::Pad { pads, value } => pad(x, pads, F::of(*value as f64), out_shape(graph)),
+        Op::Pad { pads, value, mode } => pad(x, pads, F::of(*value as f64), *mode, out_shape(graph)),
         other => return Err(format!("{} has no forward pass", other.name())),
     })
 }
@@ -466,6 +466,7 @@ fn unary<F: Real>(op: &Op) -> Box<dyn Fn(F) -> F + '_> {
             Box::new(move |v: F| half * v * (F::ONE + (c * (v + k * v * v * v)).tanh()))
         }
         Op::Silu => Box::new(|v: F| v / (F::ONE + (-v).exp())),
+        Op::Erf => Box::new(|v: F| v.erf()),
         _ => Box::new(|v: F| v),
     }
 }
@@ -617,8 +618,48 @@ fn softmax<F: Real>(x: &Tensor<F>, axis: usize) -> Tensor<F> {
     Tensor::new(x.shape.clone(), data)
 }
 
-fn pad<F: Real>(x: &Tensor<F>, pads: &[i64], value: F, out_shape: Vec<usize>) -> Tensor<F> {
+fn pad<F: Real>(
+    x: &Tensor<F>,
+    pads: &[i64],
+    value: F,
+    mode: super::graph::PadMode,
+    out_shape: Vec<usize>,
+) -> Tensor<F> {
+    use super::graph::PadMode;
     let rank = x.shape.len();
+    if mode != PadMode::Constant {
+        // Every output cell reads an input cell: mirrored, clamped or wrapped.
+        let in_strides = strides(&x.shape);
+        let mut idx = vec![0usize; rank];
+        let mut data = Vec::with_capacity(numel(&out_shape));
+        for _ in 0..numel(&out_shape) {
+            let mut off = 0usize;
+            for a in 0..rank {
+                let d = x.shape[a] as i64;
+                let mut p = idx[a] as i64 - pads[a];
+                p = match mode {
+                    PadMode::Edge => p.clamp(0, d - 1),
+                    PadMode::Wrap => p.rem_euclid(d),
+                    _ => {
+                        // reflect: ... 2 1 | 0 1 2 | 1 0 ...
+                        let period = 2 * (d - 1).max(1);
+                        let q = p.rem_euclid(period);
+                        if q >= d { period - q } else { q }
+                    }
+                };
+                off += p as usize * in_strides[a];
+            }
+            data.push(x.data[off]);
+            for a in (0..rank).rev() {
+                idx[a] += 1;
+                if idx[a] < out_shape[a] {
+                    break;
+                }
+                idx[a] = 0;
+            }
+        }
+        return Tensor::new(out_shape, data);
+    }
     let mut data = vec![value; numel(&out_shape)];
     let out_strides = strides(&out_shape);
     let mut idx = vec![0usize; rank];

@@ -90,6 +90,17 @@ fn minus_one() -> i64 {
     -1
 }
 
+/// How Pad fills the new cells (ONNX `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PadMode {
+    #[default]
+    Constant,
+    Reflect,
+    Edge,
+    Wrap,
+}
+
 /// An op with its attributes: ONNX semantics (SPEC.md, "Graph models" lists each). Constant
 /// operands that ONNX passes as inputs (a Reshape's shape, Clip's bounds, Pad's pads) are
 /// attributes here.
@@ -124,6 +135,7 @@ pub enum Op {
     },
     /// `x · sigmoid(x)` (ONNX has no op of its own before `Swish`, opset 24).
     Silu,
+    Erf,
     BatchNormalization {
         epsilon: f32,
     },
@@ -154,10 +166,12 @@ pub enum Op {
         axis: i64,
         epsilon: f32,
     },
-    /// Constant padding: begins of every axis, then ends (may be negative: a crop).
+    /// Padding: begins of every axis, then ends (may be negative: a crop). `mode` is
+    /// `constant` (with `value`), `reflect`, `edge` or `wrap`.
     Pad {
         pads: Vec<i64>,
         value: f32,
+        mode: PadMode,
     },
     Identity,
 }
@@ -170,6 +184,7 @@ pub const OP_NAMES: &[&str] = &[
     "Clip",
     "Concat",
     "Conv",
+    "Erf",
     "Flatten",
     "Gelu",
     "Gemm",
@@ -297,6 +312,8 @@ impl Op {
             pads: Vec<i64>,
             #[serde(default)]
             value: f32,
+            #[serde(default)]
+            mode: PadMode,
         }
         let nothing = |op: Op| typed::<Nothing>(value.clone()).map(|_| op);
         Ok(match name {
@@ -343,6 +360,7 @@ impl Op {
                 }
             }
             "Silu" => nothing(Op::Silu)?,
+            "Erf" => nothing(Op::Erf)?,
             "BatchNormalization" => Op::BatchNormalization {
                 epsilon: typed::<Eps>(value)?.epsilon,
             },
@@ -379,6 +397,7 @@ impl Op {
                 Op::Pad {
                     pads: p.pads,
                     value: p.value,
+                    mode: p.mode,
                 }
             }
             "Identity" => nothing(Op::Identity)?,
@@ -408,6 +427,7 @@ impl Op {
             Op::Tanh => "Tanh",
             Op::Gelu { .. } => "Gelu",
             Op::Silu => "Silu",
+            Op::Erf => "Erf",
             Op::BatchNormalization { .. } => "BatchNormalization",
             Op::MaxPool(_) => "MaxPool",
             Op::AveragePool(_) => "AveragePool",
@@ -462,6 +482,7 @@ impl Op {
                 | Op::Tanh
                 | Op::Gelu { .. }
                 | Op::Silu
+                | Op::Erf
         )
     }
 }
@@ -827,6 +848,12 @@ impl Graph {
     }
 }
 
+/// The output shape of one node given its inputs' shapes (`true`: a weight), for the importer.
+pub fn output_shape(op: &Op, inputs: &[(Vec<usize>, bool)]) -> Result<Vec<usize>, String> {
+    let names: Vec<String> = (0..inputs.len()).map(|i| format!("input {i}")).collect();
+    infer(op, &names, inputs).map(|(s, _, _)| s)
+}
+
 /// The output shape, the weights read (with specs) and the MACs per sample of one node.
 fn infer(
     op: &Op,
@@ -1028,6 +1055,7 @@ fn infer(
         | Op::Tanh
         | Op::Gelu { .. }
         | Op::Silu
+        | Op::Erf
         | Op::Identity => (x.to_vec(), Vec::new(), 0),
         Op::BatchNormalization { .. } => {
             if x.len() < 2 {
@@ -1192,7 +1220,16 @@ fn infer(
             }
             (x.to_vec(), weights_of(&[]), 0)
         }
-        Op::Pad { pads, .. } => {
+        Op::Pad { pads, mode, .. } => {
+            if *mode != PadMode::Constant {
+                for (i, &d) in x.iter().enumerate() {
+                    let (b, e) = (pads[i.min(pads.len() - 1)], pads[(i + x.len()).min(pads.len() - 1)]);
+                    let limit = if *mode == PadMode::Reflect { d as i64 - 1 } else { d as i64 };
+                    if (*mode != PadMode::Edge) && (b > limit || e > limit) {
+                        return Err(format!("{mode:?} padding of {b}/{e} on an axis of size {d}"));
+                    }
+                }
+            }
             if pads.len() != 2 * x.len() {
                 return Err(format!(
                     "has {} pads for a rank-{} input (begins of every axis, then ends)",

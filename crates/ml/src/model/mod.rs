@@ -269,6 +269,24 @@ impl Params<f64> for RefParams {
     }
 }
 
+/// Writes weights (name → shape, f32 values) as safetensors, atomically: a temporary file
+/// beside `path`, then a rename. The file lists tensors in a fixed order: the same bytes every
+/// time.
+pub fn save_safetensors(
+    path: &Path,
+    weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+) -> Result<(), String> {
+    let mut map = std::collections::HashMap::new();
+    for (name, (shape, values)) in weights {
+        let t = Tensor::from_slice(values, shape.as_slice(), &Device::Cpu)
+            .map_err(|e| format!("tensor `{name}`: {e}"))?;
+        map.insert(name.clone(), t);
+    }
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(&map, &tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Runs a graph on a candle batch `[n, input_shape...]` in f32.
 pub fn forward(
     arch: &Architecture,

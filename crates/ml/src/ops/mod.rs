@@ -1,10 +1,11 @@
-//! The built-in ops, one file each, behind the engine's [`Op`] trait: `imatrix`, `quantize`,
+//! The built-in ops, one file each, behind the engine's [`Op`] trait: `import`, `imatrix`, `quantize`,
 //! `evaluate`, `report`, `measure`, `gate`, `package` and `prune` (SPEC.md, "Built-in ops").
 //! [`registry`] is the value the CLI passes to the engine.
 
 pub mod evaluate;
 pub mod gate;
 pub mod imatrix;
+pub mod import;
 pub mod measure;
 pub mod package;
 pub mod prune;
@@ -21,6 +22,7 @@ pub fn registry() -> OpRegistry {
         Box::new(evaluate::Evaluate),
         Box::new(gate::Gate),
         Box::new(imatrix::Imatrix),
+        Box::new(import::Import),
         Box::new(measure::Measure),
         Box::new(package::Package),
         Box::new(prune::Prune),
