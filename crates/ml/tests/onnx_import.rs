@@ -15,7 +15,10 @@ const TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
 const MLPERF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/mlperf-tiny");
 
 fn python(args: &[&str]) {
-    let out = Command::new("python3").args(args).output().expect("python3 runs");
+    let out = Command::new("python3")
+        .args(args)
+        .output()
+        .expect("python3 runs");
     assert!(
         out.status.success(),
         "python3 {args:?} failed (run .ci/run to install numpy, onnx and onnxruntime):\n{}",
@@ -42,7 +45,11 @@ fn run(model: &Path, input: &Tensor, options: &ImportOptions) -> Result<Tensor, 
     let weights = dir.path().join("w.safetensors");
     edgebuild_ml::model::save_safetensors(&weights, &imported.weights)?;
     let arch_path = dir.path().join("arch.json");
-    std::fs::write(&arch_path, serde_json::to_vec_pretty(&imported.arch).unwrap()).unwrap();
+    std::fs::write(
+        &arch_path,
+        serde_json::to_vec_pretty(&imported.arch).unwrap(),
+    )
+    .unwrap();
     let arch = edgebuild_ml::model::Architecture::load(&arch_path)?;
     let weights = FloatWeights::load(&weights, &arch)?;
     forward(&arch, &weights.params()?, input)
@@ -58,13 +65,21 @@ fn check(name: &str, got: &Tensor, expected: &Tensor) -> Result<f32, String> {
     let same = got.dims() == expected.dims()
         || (got.dims().first() == Some(&1) && &got.dims()[1..] == expected.dims());
     if !same {
-        return Err(format!("{name}: shape {:?}, expected {:?}", got.dims(), expected.dims()));
+        return Err(format!(
+            "{name}: shape {:?}, expected {:?}",
+            got.dims(),
+            expected.dims()
+        ));
     }
     let e: Vec<f32> = expected.flatten_all().unwrap().to_vec1().unwrap();
     let g: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
     let range = e.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
         - e.iter().cloned().fold(f32::INFINITY, f32::min);
-    let diff = e.iter().zip(&g).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let diff = e
+        .iter()
+        .zip(&g)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     let bound = 1e-4 * range.max(1e-6);
     if diff > bound {
         return Err(format!(
@@ -108,7 +123,12 @@ fn every_op_and_edge_case_matches_onnx_runtime() {
             Err(e) => failed.push(e),
         }
     }
-    assert!(failed.is_empty(), "{} case(s) failed:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} case(s) failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
     assert!(checked.len() >= 70, "{} cases", checked.len());
     let required = [
         "conv_dilation2",
@@ -158,7 +178,8 @@ fn the_mlperf_tiny_models_match_onnx_runtime() {
             output.to_str().unwrap(),
         ]);
         let expected = Tensor::read_npy(&output).unwrap();
-        let got = run(&path, &x, &ImportOptions::default()).unwrap_or_else(|e| panic!("{model}: {e}"));
+        let got =
+            run(&path, &x, &ImportOptions::default()).unwrap_or_else(|e| panic!("{model}: {e}"));
         compare(model, &got, &expected);
     }
 }

@@ -429,7 +429,9 @@ fn run_node<'o, F: Real>(
             }
             Tensor::new(x.shape.clone(), data)
         }
-        Op::Pad { pads, value, mode } => pad(x, pads, F::of(*value as f64), *mode, out_shape(graph)),
+        Op::Pad { pads, value, mode } => {
+            pad(x, pads, F::of(*value as f64), *mode, out_shape(graph))
+        }
         other => return Err(format!("{} has no forward pass", other.name())),
     })
 }

@@ -1223,10 +1223,19 @@ fn infer(
         Op::Pad { pads, mode, .. } => {
             if *mode != PadMode::Constant {
                 for (i, &d) in x.iter().enumerate() {
-                    let (b, e) = (pads[i.min(pads.len() - 1)], pads[(i + x.len()).min(pads.len() - 1)]);
-                    let limit = if *mode == PadMode::Reflect { d as i64 - 1 } else { d as i64 };
+                    let (b, e) = (
+                        pads[i.min(pads.len() - 1)],
+                        pads[(i + x.len()).min(pads.len() - 1)],
+                    );
+                    let limit = if *mode == PadMode::Reflect {
+                        d as i64 - 1
+                    } else {
+                        d as i64
+                    };
                     if (*mode != PadMode::Edge) && (b > limit || e > limit) {
-                        return Err(format!("{mode:?} padding of {b}/{e} on an axis of size {d}"));
+                        return Err(format!(
+                            "{mode:?} padding of {b}/{e} on an axis of size {d}"
+                        ));
                     }
                 }
             }

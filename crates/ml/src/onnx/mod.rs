@@ -216,14 +216,46 @@ fn read_tensor(t: &proto::TensorProto, dir: &Path) -> Result<Const, String> {
         }
         let chunks = raw.chunks_exact(width);
         match dtype {
-            DataType::Float => Data::F(chunks.map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()),
-            DataType::Double => Data::F(chunks.map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect()),
-            DataType::Float16 => Data::F(chunks.map(|c| half::f16::from_le_bytes(c.try_into().expect("2 bytes")).to_f32()).collect()),
-            DataType::Bfloat16 => Data::F(chunks.map(|c| half::bf16::from_le_bytes(c.try_into().expect("2 bytes")).to_f32()).collect()),
-            DataType::Int64 => Data::I(chunks.map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
-            DataType::Int32 => Data::I(chunks.map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect()),
-            DataType::Int16 => Data::I(chunks.map(|c| i16::from_le_bytes(c.try_into().expect("2 bytes")) as i64).collect()),
-            DataType::Uint16 => Data::I(chunks.map(|c| u16::from_le_bytes(c.try_into().expect("2 bytes")) as i64).collect()),
+            DataType::Float => Data::F(
+                chunks
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect(),
+            ),
+            DataType::Double => Data::F(
+                chunks
+                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                    .collect(),
+            ),
+            DataType::Float16 => Data::F(
+                chunks
+                    .map(|c| half::f16::from_le_bytes(c.try_into().expect("2 bytes")).to_f32())
+                    .collect(),
+            ),
+            DataType::Bfloat16 => Data::F(
+                chunks
+                    .map(|c| half::bf16::from_le_bytes(c.try_into().expect("2 bytes")).to_f32())
+                    .collect(),
+            ),
+            DataType::Int64 => Data::I(
+                chunks
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect(),
+            ),
+            DataType::Int32 => Data::I(
+                chunks
+                    .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+                    .collect(),
+            ),
+            DataType::Int16 => Data::I(
+                chunks
+                    .map(|c| i16::from_le_bytes(c.try_into().expect("2 bytes")) as i64)
+                    .collect(),
+            ),
+            DataType::Uint16 => Data::I(
+                chunks
+                    .map(|c| u16::from_le_bytes(c.try_into().expect("2 bytes")) as i64)
+                    .collect(),
+            ),
             DataType::Int8 => Data::I(chunks.map(|c| c[0] as i8 as i64).collect()),
             DataType::Uint8 | DataType::Bool => Data::I(chunks.map(|c| c[0] as i64).collect()),
             _ => unreachable!("widths are only given for the types above"),
@@ -256,7 +288,9 @@ fn read_tensor(t: &proto::TensorProto, dir: &Path) -> Result<Const, String> {
             ),
         };
         if got != n {
-            return Err(format!("holds {got} values for shape {shape:?} ({n} values)"));
+            return Err(format!(
+                "holds {got} values for shape {shape:?} ({n} values)"
+            ));
         }
         data
     };
@@ -338,8 +372,8 @@ fn window_pads(
             for a in 0..2 {
                 let size = input[2 + a];
                 let effective = dilations[a] * (kernel[a] - 1) + 1;
-                let total = ((size.div_ceil(strides[a]) - 1) * strides[a] + effective)
-                    .saturating_sub(size);
+                let total =
+                    ((size.div_ceil(strides[a]) - 1) * strides[a] + effective).saturating_sub(size);
                 let (begin, end) = if auto == "SAME_UPPER" {
                     (total / 2, total - total / 2)
                 } else {
@@ -350,17 +384,52 @@ fn window_pads(
             }
             Ok(out)
         }
-        other => Err(format!("auto_pad `{other}` is not NOTSET, VALID, SAME_UPPER or SAME_LOWER")),
+        other => Err(format!(
+            "auto_pad `{other}` is not NOTSET, VALID, SAME_UPPER or SAME_LOWER"
+        )),
     }
 }
 
 /// The ops the importer converts (besides constants folded away), for error messages.
 pub const SUPPORTED: &[&str] = &[
-    "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant",
-    "ConstantOfShape", "Conv", "Div", "Dropout", "Erf", "Flatten", "Gather", "Gelu", "Gemm",
-    "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "LayerNormalization",
-    "LeakyRelu", "MatMul", "MaxPool", "Mul", "Pad", "Relu", "Reshape", "Shape", "Sigmoid",
-    "Slice", "Softmax", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Cast",
+    "Clip",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Conv",
+    "Div",
+    "Dropout",
+    "Erf",
+    "Flatten",
+    "Gather",
+    "Gelu",
+    "Gemm",
+    "GlobalAveragePool",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "LayerNormalization",
+    "LeakyRelu",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Pad",
+    "Relu",
+    "Reshape",
+    "Shape",
+    "Sigmoid",
+    "Slice",
+    "Softmax",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
 ];
 
 /// The state of a conversion.
@@ -443,7 +512,12 @@ impl Converter {
             name: name.clone(),
             inputs,
             outputs: vec![name.clone()],
-            attrs: attrs.as_object().cloned().unwrap_or_default().into_iter().collect(),
+            attrs: attrs
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
         });
         self.acts.insert(onnx_out.to_string(), (name, shape));
         Ok(())
@@ -453,7 +527,9 @@ impl Converter {
     fn act(&self, name: &str) -> Result<(String, Vec<usize>), String> {
         match self.input(name)? {
             In::Act(n, s) => Ok((n.to_string(), s.to_vec())),
-            In::Const(_) => Err(format!("input `{name}` is a constant where an activation is expected")),
+            In::Const(_) => Err(format!(
+                "input `{name}` is a constant where an activation is expected"
+            )),
         }
     }
 
@@ -468,7 +544,10 @@ impl Converter {
 
     /// An optional input (`""` or missing means absent).
     fn optional<'a>(node: &'a proto::NodeProto, i: usize) -> Option<&'a str> {
-        node.input.get(i).map(String::as_str).filter(|s| !s.is_empty())
+        node.input
+            .get(i)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     fn node(&mut self, node: &proto::NodeProto) -> Result<(), String> {
@@ -487,7 +566,8 @@ impl Converter {
             .all(|i| self.consts.contains_key(i));
         if op == "Constant" || (all_const && !node.input.is_empty()) || op == "Shape" {
             if let Some(value) = self.fold(node)? {
-                self.folded.push(serde_json::json!({"node": node.name(), "op": op}));
+                self.folded
+                    .push(serde_json::json!({"node": node.name(), "op": op}));
                 self.consts.insert(out, value);
                 return Ok(());
             }
@@ -525,13 +605,26 @@ impl Converter {
                     "kernel_shape": kernel, "strides": strides, "pads": pads,
                     "dilations": dilations, "group": attrs.int("group", 1),
                 }));
-                let typed = Op::parse("Conv", &attrs.as_object().cloned().unwrap_or_default().into_iter().collect())?;
+                let typed = Op::parse(
+                    "Conv",
+                    &attrs
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                )?;
                 self.emit(typed, attrs, name, inputs, &out)?;
             }
             "Gemm" | "MatMul" => {
                 let (a, as_) = self.act(&node.input[0])?;
                 let (trans_a, trans_b, alpha, beta) = if op == "Gemm" {
-                    (attrs.int("transA", 0) != 0, attrs.int("transB", 0) != 0, attrs.float("alpha", 1.0), attrs.float("beta", 1.0))
+                    (
+                        attrs.int("transA", 0) != 0,
+                        attrs.int("transB", 0) != 0,
+                        attrs.float("alpha", 1.0),
+                        attrs.float("beta", 1.0),
+                    )
                 } else {
                     (false, false, 1.0, 1.0)
                 };
@@ -542,7 +635,10 @@ impl Converter {
                     In::Const(b) => {
                         let b = b.clone();
                         if b.shape.len() != 2 {
-                            return Err(format!("B has shape {:?}; a weight B must be 2-D", b.shape));
+                            return Err(format!(
+                                "B has shape {:?}; a weight B must be 2-D",
+                                b.shape
+                            ));
                         }
                         if as_.len() != 2 {
                             return Err(format!(
@@ -569,10 +665,23 @@ impl Converter {
                         let mut inputs = vec![a, wn];
                         if let Some(c) = Self::optional(node, 2) {
                             let c = self.constant(c)?.clone();
-                            inputs.push(self.weight(format!("{name}.bias"), c.shape.clone(), c.floats()));
+                            inputs.push(self.weight(
+                                format!("{name}.bias"),
+                                c.shape.clone(),
+                                c.floats(),
+                            ));
                         }
-                        let attrs = json(serde_json::json!({"alpha": alpha, "beta": beta, "transB": true}));
-                        let typed = Op::parse("Gemm", &attrs.as_object().cloned().unwrap_or_default().into_iter().collect())?;
+                        let attrs =
+                            json(serde_json::json!({"alpha": alpha, "beta": beta, "transB": true}));
+                        let typed = Op::parse(
+                            "Gemm",
+                            &attrs
+                                .as_object()
+                                .cloned()
+                                .unwrap_or_default()
+                                .into_iter()
+                                .collect(),
+                        )?;
                         self.emit(typed, attrs, name, inputs, &out)?;
                     }
                     In::Act(..) if op == "MatMul" => {
@@ -593,32 +702,61 @@ impl Converter {
                         In::Act(n, _) => inputs.push(n.to_string()),
                         In::Const(c) => {
                             let c = c.clone();
-                            inputs.push(self.weight(format!("{name}.const{i}"), c.shape.clone(), c.floats()));
+                            inputs.push(self.weight(
+                                format!("{name}.const{i}"),
+                                c.shape.clone(),
+                                c.floats(),
+                            ));
                         }
                     }
                 }
-                self.emit(Op::Concat { axis }, serde_json::json!({"axis": axis}), name, inputs, &out)?;
+                self.emit(
+                    Op::Concat { axis },
+                    serde_json::json!({"axis": axis}),
+                    name,
+                    inputs,
+                    &out,
+                )?;
             }
-            "Relu" | "Sigmoid" | "Tanh" | "HardSwish" | "Erf" | "Gelu" | "LeakyRelu" | "HardSigmoid" | "Clip" => {
+            "Relu" | "Sigmoid" | "Tanh" | "HardSwish" | "Erf" | "Gelu" | "LeakyRelu"
+            | "HardSigmoid" | "Clip" => {
                 let (x, _) = self.act(&node.input[0])?;
                 let attrs_json = match op {
                     "LeakyRelu" => serde_json::json!({"alpha": attrs.float("alpha", 0.01)}),
-                    "HardSigmoid" => serde_json::json!({"alpha": attrs.float("alpha", 0.2), "beta": attrs.float("beta", 0.5)}),
+                    "HardSigmoid" => {
+                        serde_json::json!({"alpha": attrs.float("alpha", 0.2), "beta": attrs.float("beta", 0.5)})
+                    }
                     "Gelu" => match attrs.string("approximate") {
                         Some(a) => serde_json::json!({"approximate": a}),
                         None => serde_json::json!({}),
                     },
                     "Clip" => {
-                        let min = Self::optional(node, 1).map(|n| self.constant(n).and_then(Const::scalar_f)).transpose()?;
-                        let max = Self::optional(node, 2).map(|n| self.constant(n).and_then(Const::scalar_f)).transpose()?;
+                        let min = Self::optional(node, 1)
+                            .map(|n| self.constant(n).and_then(Const::scalar_f))
+                            .transpose()?;
+                        let max = Self::optional(node, 2)
+                            .map(|n| self.constant(n).and_then(Const::scalar_f))
+                            .transpose()?;
                         let mut m = serde_json::Map::new();
-                        if let Some(v) = min { m.insert("min".into(), serde_json::json!(v)); }
-                        if let Some(v) = max { m.insert("max".into(), serde_json::json!(v)); }
+                        if let Some(v) = min {
+                            m.insert("min".into(), serde_json::json!(v));
+                        }
+                        if let Some(v) = max {
+                            m.insert("max".into(), serde_json::json!(v));
+                        }
                         serde_json::Value::Object(m)
                     }
                     _ => serde_json::json!({}),
                 };
-                let typed = Op::parse(op, &attrs_json.as_object().cloned().unwrap_or_default().into_iter().collect())?;
+                let typed = Op::parse(
+                    op,
+                    &attrs_json
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                )?;
                 let name = self.fresh(op);
                 self.emit(typed, attrs_json, name, vec![x], &out)?;
             }
@@ -634,7 +772,13 @@ impl Converter {
                     inputs.push(self.weight(format!("{name}.{role}"), c.shape.clone(), c.floats()));
                 }
                 let eps = attrs.float("epsilon", 1e-5);
-                self.emit(Op::BatchNormalization { epsilon: eps }, serde_json::json!({"epsilon": eps}), name, inputs, &out)?;
+                self.emit(
+                    Op::BatchNormalization { epsilon: eps },
+                    serde_json::json!({"epsilon": eps}),
+                    name,
+                    inputs,
+                    &out,
+                )?;
             }
             "MaxPool" | "AveragePool" => {
                 let (x, xs) = self.act(&node.input[0])?;
@@ -644,7 +788,11 @@ impl Converter {
                 if attrs.int("storage_order", 0) != 0 {
                     return Err("storage_order: 1 is not supported".into());
                 }
-                let kernel = pair(Some(attrs.ints("kernel_shape").ok_or("has no kernel_shape")?), 1, "kernel_shape")?;
+                let kernel = pair(
+                    Some(attrs.ints("kernel_shape").ok_or("has no kernel_shape")?),
+                    1,
+                    "kernel_shape",
+                )?;
                 let strides = pair(attrs.ints("strides"), 1, "strides")?;
                 let dilations = pair(attrs.ints("dilations"), 1, "dilations")?;
                 let pads = window_pads(&attrs, &xs, kernel, strides, dilations)?;
@@ -655,16 +803,30 @@ impl Converter {
                 if op == "MaxPool" {
                     a["dilations"] = serde_json::json!(dilations);
                 } else {
-                    a["count_include_pad"] = serde_json::json!(attrs.int("count_include_pad", 0) != 0);
+                    a["count_include_pad"] =
+                        serde_json::json!(attrs.int("count_include_pad", 0) != 0);
                 }
-                let typed = Op::parse(op, &a.as_object().cloned().unwrap_or_default().into_iter().collect())?;
+                let typed = Op::parse(
+                    op,
+                    &a.as_object()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                )?;
                 let name = self.fresh(op);
                 self.emit(typed, a, name, vec![x], &out)?;
             }
             "GlobalAveragePool" => {
                 let (x, _) = self.act(&node.input[0])?;
                 let name = self.fresh(op);
-                self.emit(Op::GlobalAveragePool, serde_json::json!({}), name, vec![x], &out)?;
+                self.emit(
+                    Op::GlobalAveragePool,
+                    serde_json::json!({}),
+                    name,
+                    vec![x],
+                    &out,
+                )?;
             }
             "Flatten" => {
                 let (x, xs) = self.act(&node.input[0])?;
@@ -674,7 +836,9 @@ impl Converter {
                     return Err("flattens the batch (axis 0)".into());
                 }
                 let target = vec![0i64, xs[a..].iter().product::<usize>() as i64];
-                let target = if a == 1 { target } else {
+                let target = if a == 1 {
+                    target
+                } else {
                     return Err(format!("axis {axis}: only axis 1 keeps the batch apart"));
                 };
                 self.view(node, x, &xs, target, &out)?;
@@ -683,7 +847,10 @@ impl Converter {
                 let (x, xs) = self.act(&node.input[0])?;
                 let shape = self.constant(&node.input[1])?.ints()?;
                 if attrs.int("allowzero", 0) != 0 && shape.contains(&0) {
-                    return Err("allowzero: 1 with a 0 in the shape (an empty tensor) is not supported".into());
+                    return Err(
+                        "allowzero: 1 with a 0 in the shape (an empty tensor) is not supported"
+                            .into(),
+                    );
                 }
                 let resolved = graph::reshape(&xs, &shape)?;
                 if resolved.first() != Some(&1) {
@@ -702,11 +869,19 @@ impl Converter {
                 };
                 let out_shape: Vec<usize> = if op == "Squeeze" {
                     let axes: Vec<usize> = match axes {
-                        Some(a) => a.iter().map(|&v| graph::axis_of(v, xs.len())).collect::<Result<_, _>>()?,
+                        Some(a) => a
+                            .iter()
+                            .map(|&v| graph::axis_of(v, xs.len()))
+                            .collect::<Result<_, _>>()?,
                         // No axes: every axis of size 1, except the batch.
                         None => (1..xs.len()).filter(|&i| xs[i] == 1).collect(),
                     };
-                    graph::output_shape(&Op::Squeeze { axes: axes.iter().map(|&a| a as i64).collect() }, &[(xs.clone(), false)])?
+                    graph::output_shape(
+                        &Op::Squeeze {
+                            axes: axes.iter().map(|&a| a as i64).collect(),
+                        },
+                        &[(xs.clone(), false)],
+                    )?
                 } else {
                     let axes = axes.ok_or("has no axes")?;
                     graph::output_shape(&Op::Unsqueeze { axes }, &[(xs.clone(), false)])?
@@ -722,7 +897,10 @@ impl Converter {
                     None => (0..xs.len()).rev().collect(),
                 };
                 if perm.len() != xs.len() {
-                    return Err(format!("perm {perm:?} does not fit a rank-{} input", xs.len()));
+                    return Err(format!(
+                        "perm {perm:?} does not fit a rank-{} input",
+                        xs.len()
+                    ));
                 }
                 // Moving only axes of size 1 leaves the memory order as it is: a view.
                 let moved: Vec<usize> = perm.iter().copied().filter(|&p| xs[p] != 1).collect();
@@ -737,7 +915,13 @@ impl Converter {
                     self.view_quiet(x, &xs, target, &out)?;
                 } else {
                     let name = self.fresh("transpose");
-                    self.emit(Op::Transpose { perm: perm.clone() }, serde_json::json!({"perm": perm}), name, vec![x], &out)?;
+                    self.emit(
+                        Op::Transpose { perm: perm.clone() },
+                        serde_json::json!({"perm": perm}),
+                        name,
+                        vec![x],
+                        &out,
+                    )?;
                 }
             }
             "Softmax" => {
@@ -746,11 +930,20 @@ impl Converter {
                 let axis = graph::axis_of(attrs.int("axis", default), xs.len())?;
                 if self.opset >= 13 || axis == xs.len() - 1 {
                     let name = self.fresh("softmax");
-                    self.emit(Op::Softmax { axis: axis as i64 }, serde_json::json!({"axis": axis}), name, vec![x], &out)?;
+                    self.emit(
+                        Op::Softmax { axis: axis as i64 },
+                        serde_json::json!({"axis": axis}),
+                        name,
+                        vec![x],
+                        &out,
+                    )?;
                 } else {
                     // Before opset 13: over the input coerced to 2-D at `axis`.
                     if axis != 1 {
-                        return Err(format!("opset {} softmax over axis {axis} of {xs:?} is not supported", self.opset));
+                        return Err(format!(
+                            "opset {} softmax over axis {axis} of {xs:?} is not supported",
+                            self.opset
+                        ));
                     }
                     let flat = format!("{out}#flat");
                     let inner: usize = xs[1..].iter().product();
@@ -758,7 +951,13 @@ impl Converter {
                     let (f, _) = self.act(&flat)?;
                     let name = self.fresh("softmax");
                     let sm = format!("{out}#softmax");
-                    self.emit(Op::Softmax { axis: -1 }, serde_json::json!({"axis": -1}), name, vec![f], &sm)?;
+                    self.emit(
+                        Op::Softmax { axis: -1 },
+                        serde_json::json!({"axis": -1}),
+                        name,
+                        vec![f],
+                        &sm,
+                    )?;
                     let (s, ss) = self.act(&sm)?;
                     let mut target: Vec<i64> = xs.iter().map(|&d| d as i64).collect();
                     target[0] = 0;
@@ -772,21 +971,39 @@ impl Converter {
                 for (i, role) in [(1usize, "scale"), (2, "bias")] {
                     if let Some(n) = Self::optional(node, i) {
                         let c = self.constant(n)?.clone();
-                        inputs.push(self.weight(format!("{name}.{role}"), c.shape.clone(), c.floats()));
+                        inputs.push(self.weight(
+                            format!("{name}.{role}"),
+                            c.shape.clone(),
+                            c.floats(),
+                        ));
                     }
                 }
                 let a = serde_json::json!({"axis": attrs.int("axis", -1), "epsilon": attrs.float("epsilon", 1e-5)});
-                let typed = Op::parse(op, &a.as_object().cloned().unwrap_or_default().into_iter().collect())?;
+                let typed = Op::parse(
+                    op,
+                    &a.as_object()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                )?;
                 self.emit(typed, a, name, inputs, &out)?;
             }
             "Pad" => {
                 let (x, xs) = self.act(&node.input[0])?;
                 let mode = attrs.string("mode").unwrap_or_else(|| "constant".into());
                 if !["constant", "reflect", "edge", "wrap"].contains(&mode.as_str()) {
-                    return Err(format!("mode `{mode}` is not constant, reflect, edge or wrap"));
+                    return Err(format!(
+                        "mode `{mode}` is not constant, reflect, edge or wrap"
+                    ));
                 }
-                let raw = self.constant(node.input.get(1).ok_or("has no pads input")?)?.ints()?;
-                let value = Self::optional(node, 2).map(|n| self.constant(n).and_then(Const::scalar_f)).transpose()?.unwrap_or(0.0);
+                let raw = self
+                    .constant(node.input.get(1).ok_or("has no pads input")?)?
+                    .ints()?;
+                let value = Self::optional(node, 2)
+                    .map(|n| self.constant(n).and_then(Const::scalar_f))
+                    .transpose()?
+                    .unwrap_or(0.0);
                 let rank = xs.len();
                 let pads = match Self::optional(node, 3) {
                     None => raw,
@@ -806,14 +1023,23 @@ impl Converter {
                 };
                 let name = self.fresh("pad");
                 let a = serde_json::json!({"pads": pads, "value": value, "mode": mode});
-                let typed = Op::parse("Pad", &a.as_object().cloned().unwrap_or_default().into_iter().collect())?;
+                let typed = Op::parse(
+                    "Pad",
+                    &a.as_object()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                )?;
                 self.emit(typed, a, name, vec![x], &out)?;
             }
             "Cast" => {
                 let (x, xs) = self.act(&node.input[0])?;
                 let to = attrs.int("to", 1);
                 if to != DataType::Float as i32 as i64 {
-                    return Err(format!("casts an activation to type {to}; only float activations are supported"));
+                    return Err(format!(
+                        "casts an activation to type {to}; only float activations are supported"
+                    ));
                 }
                 self.acts.insert(out, (x, xs));
                 self.removed.push(serde_json::json!({"node": node.name(), "op": op, "why": "a cast to float of a float activation"}));
@@ -829,7 +1055,14 @@ impl Converter {
     }
 
     /// A Reshape, Flatten, Squeeze or Unsqueeze: a view node, unless it changes nothing.
-    fn view(&mut self, node: &proto::NodeProto, x: String, xs: &[usize], target: Vec<i64>, out: &str) -> Result<(), String> {
+    fn view(
+        &mut self,
+        node: &proto::NodeProto,
+        x: String,
+        xs: &[usize],
+        target: Vec<i64>,
+        out: &str,
+    ) -> Result<(), String> {
         let resolved = graph::reshape(xs, &target)?;
         if resolved == xs {
             self.removed.push(serde_json::json!({"node": node.name(), "op": node.op_type(), "why": "keeps the shape as it is"}));
@@ -837,14 +1070,28 @@ impl Converter {
         self.view_quiet(x, xs, target, out)
     }
 
-    fn view_quiet(&mut self, x: String, xs: &[usize], target: Vec<i64>, out: &str) -> Result<(), String> {
+    fn view_quiet(
+        &mut self,
+        x: String,
+        xs: &[usize],
+        target: Vec<i64>,
+        out: &str,
+    ) -> Result<(), String> {
         let resolved = graph::reshape(xs, &target)?;
         if resolved == xs {
             self.acts.insert(out.to_string(), (x, xs.to_vec()));
             return Ok(());
         }
         let name = self.fresh("reshape");
-        self.emit(Op::Reshape { shape: target.clone() }, serde_json::json!({"shape": target}), name, vec![x], out)
+        self.emit(
+            Op::Reshape {
+                shape: target.clone(),
+            },
+            serde_json::json!({"shape": target}),
+            name,
+            vec![x],
+            out,
+        )
     }
 
     /// Add, Sub, Mul, Div with at most one constant operand; Sub and Div become Add and Mul.
@@ -884,7 +1131,13 @@ impl Converter {
                 let neg = self.weight(format!("{name}.minus_one"), vec![1], vec![-1.0]);
                 let flipped = format!("{out}#negated");
                 let mname = self.fresh("mul");
-                self.emit(Op::Mul, serde_json::json!({}), mname, vec![x, neg], &flipped)?;
+                self.emit(
+                    Op::Mul,
+                    serde_json::json!({}),
+                    mname,
+                    vec![x, neg],
+                    &flipped,
+                )?;
                 let (fx, _) = self.act(&flipped)?;
                 let cn = self.weight(format!("{name}.const"), c.shape.clone(), values);
                 return self.emit(Op::Add, serde_json::json!({}), name, vec![fx, cn], out);
@@ -904,17 +1157,29 @@ impl Converter {
     fn fold(&self, node: &proto::NodeProto) -> Result<Option<Const>, String> {
         let attrs = Attrs(&node.attribute);
         let c = |i: usize| -> Result<&Const, String> { self.constant(&node.input[i]) };
-        let ints = |v: Vec<i64>| Const { shape: vec![v.len()], data: Data::I(v) };
+        let ints = |v: Vec<i64>| Const {
+            shape: vec![v.len()],
+            data: Data::I(v),
+        };
         Ok(Some(match node.op_type() {
             "Constant" => {
                 if let Some(t) = attrs.get("value").and_then(|a| a.t.as_ref()) {
                     read_tensor(t, &self.dir)?
                 } else if let Some(a) = attrs.get("value_float") {
-                    Const { shape: vec![], data: Data::F(vec![a.f()]) }
+                    Const {
+                        shape: vec![],
+                        data: Data::F(vec![a.f()]),
+                    }
                 } else if let Some(a) = attrs.get("value_floats") {
-                    Const { shape: vec![a.floats.len()], data: Data::F(a.floats.clone()) }
+                    Const {
+                        shape: vec![a.floats.len()],
+                        data: Data::F(a.floats.clone()),
+                    }
                 } else if let Some(a) = attrs.get("value_int") {
-                    Const { shape: vec![], data: Data::I(vec![a.i()]) }
+                    Const {
+                        shape: vec![],
+                        data: Data::I(vec![a.i()]),
+                    }
                 } else if let Some(a) = attrs.get("value_ints") {
                     ints(a.ints.clone())
                 } else {
@@ -931,13 +1196,27 @@ impl Converter {
                 let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
                 let start = clamp(attrs.int("start", 0));
                 let end = clamp(attrs.int("end", r));
-                ints(shape[start..end.max(start)].iter().map(|&d| d as i64).collect())
+                ints(
+                    shape[start..end.max(start)]
+                        .iter()
+                        .map(|&d| d as i64)
+                        .collect(),
+                )
             }
             "Cast" => {
                 let k = c(0)?;
                 let to = attrs.int("to", 1);
                 let float = [1i64, 10, 11, 16].contains(&to);
-                Const { shape: k.shape.clone(), data: if float { Data::F(k.floats()) } else { Data::I(k.ints().or_else(|_| Ok::<_, String>(k.floats().iter().map(|v| v.trunc() as i64).collect()))?) } }
+                Const {
+                    shape: k.shape.clone(),
+                    data: if float {
+                        Data::F(k.floats())
+                    } else {
+                        Data::I(k.ints().or_else(|_| {
+                            Ok::<_, String>(k.floats().iter().map(|v| v.trunc() as i64).collect())
+                        })?)
+                    },
+                }
             }
             "Gather" => {
                 let (data, idx) = (c(0)?, c(1)?);
@@ -952,19 +1231,41 @@ impl Converter {
                 shape.extend(&data.shape[axis + 1..]);
                 let pick = |i: i64| -> Result<usize, String> {
                     let j = if i < 0 { i + len as i64 } else { i };
-                    usize::try_from(j).ok().filter(|&j| j < len).ok_or_else(|| format!("index {i} is out of range {len}"))
+                    usize::try_from(j)
+                        .ok()
+                        .filter(|&j| j < len)
+                        .ok_or_else(|| format!("index {i} is out of range {len}"))
                 };
-                let picked: Vec<usize> = indices.iter().map(|&i| pick(i)).collect::<Result<_, _>>()?;
+                let picked: Vec<usize> =
+                    indices.iter().map(|&i| pick(i)).collect::<Result<_, _>>()?;
                 match &data.data {
                     Data::F(v) => {
                         let mut o = Vec::new();
-                        for a in 0..outer { for &p in &picked { o.extend_from_slice(&v[(a * len + p) * inner..(a * len + p + 1) * inner]); } }
-                        Const { shape, data: Data::F(o) }
+                        for a in 0..outer {
+                            for &p in &picked {
+                                o.extend_from_slice(
+                                    &v[(a * len + p) * inner..(a * len + p + 1) * inner],
+                                );
+                            }
+                        }
+                        Const {
+                            shape,
+                            data: Data::F(o),
+                        }
                     }
                     Data::I(v) => {
                         let mut o = Vec::new();
-                        for a in 0..outer { for &p in &picked { o.extend_from_slice(&v[(a * len + p) * inner..(a * len + p + 1) * inner]); } }
-                        Const { shape, data: Data::I(o) }
+                        for a in 0..outer {
+                            for &p in &picked {
+                                o.extend_from_slice(
+                                    &v[(a * len + p) * inner..(a * len + p + 1) * inner],
+                                );
+                            }
+                        }
+                        Const {
+                            shape,
+                            data: Data::I(o),
+                        }
                     }
                 }
             }
@@ -973,20 +1274,44 @@ impl Converter {
                 let axes = match (attrs.ints("axes"), Self::optional(node, 1)) {
                     (Some(a), _) => a,
                     (None, Some(i)) => self.constant(i)?.ints()?,
-                    (None, None) if node.op_type() == "Squeeze" => (0..k.shape.len() as i64).filter(|&i| k.shape[i as usize] == 1).collect(),
+                    (None, None) if node.op_type() == "Squeeze" => (0..k.shape.len() as i64)
+                        .filter(|&i| k.shape[i as usize] == 1)
+                        .collect(),
                     _ => return Err("has no axes".into()),
                 };
                 let shape = if node.op_type() == "Unsqueeze" {
                     let rank = k.shape.len() + axes.len();
-                    let mut axes: Vec<usize> = axes.iter().map(|&a| graph::axis_of(a, rank)).collect::<Result<_, _>>()?;
+                    let mut axes: Vec<usize> = axes
+                        .iter()
+                        .map(|&a| graph::axis_of(a, rank))
+                        .collect::<Result<_, _>>()?;
                     axes.sort_unstable();
                     let mut rest = k.shape.iter();
-                    (0..rank).map(|i| if axes.contains(&i) { 1 } else { *rest.next().unwrap_or(&1) }).collect()
+                    (0..rank)
+                        .map(|i| {
+                            if axes.contains(&i) {
+                                1
+                            } else {
+                                *rest.next().unwrap_or(&1)
+                            }
+                        })
+                        .collect()
                 } else {
-                    let axes: Vec<usize> = axes.iter().map(|&a| graph::axis_of(a, k.shape.len())).collect::<Result<_, _>>()?;
-                    k.shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| *d).collect()
+                    let axes: Vec<usize> = axes
+                        .iter()
+                        .map(|&a| graph::axis_of(a, k.shape.len()))
+                        .collect::<Result<_, _>>()?;
+                    k.shape
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !axes.contains(i))
+                        .map(|(_, d)| *d)
+                        .collect()
                 };
-                Const { shape, data: k.data.clone() }
+                Const {
+                    shape,
+                    data: k.data.clone(),
+                }
             }
             "Concat" => {
                 let parts: Vec<&Const> = (0..node.input.len()).map(c).collect::<Result<_, _>>()?;
@@ -994,10 +1319,18 @@ impl Converter {
                 let axis = graph::axis_of(attrs.int("axis", 0), rank)?;
                 if parts.iter().all(|p| p.shape.len() <= 1) && axis == 0 {
                     if parts.iter().all(|p| matches!(p.data, Data::I(_))) {
-                        ints(parts.iter().flat_map(|p| p.ints().unwrap_or_default()).collect())
+                        ints(
+                            parts
+                                .iter()
+                                .flat_map(|p| p.ints().unwrap_or_default())
+                                .collect(),
+                        )
                     } else {
                         let v: Vec<f32> = parts.iter().flat_map(|p| p.floats()).collect();
-                        Const { shape: vec![v.len()], data: Data::F(v) }
+                        Const {
+                            shape: vec![v.len()],
+                            data: Data::F(v),
+                        }
                     }
                 } else {
                     return Err("concatenation of constants beyond 1-D is not folded".into());
@@ -1007,19 +1340,36 @@ impl Converter {
                 let k = c(0)?;
                 let target = c(1)?.ints()?;
                 let shape = graph::reshape(&k.shape, &target)?;
-                Const { shape, data: k.data.clone() }
+                Const {
+                    shape,
+                    data: k.data.clone(),
+                }
             }
             "Flatten" => {
                 let k = c(0)?;
                 let axis = graph::axis_of(attrs.int("axis", 1), k.shape.len() + 1)?;
-                Const { shape: vec![k.shape[..axis].iter().product(), k.shape[axis..].iter().product()], data: k.data.clone() }
+                Const {
+                    shape: vec![
+                        k.shape[..axis].iter().product(),
+                        k.shape[axis..].iter().product(),
+                    ],
+                    data: k.data.clone(),
+                }
             }
             "Transpose" => {
                 let k = c(0)?;
-                let perm = match attrs.ints("perm") { Some(p) => usizes(&p, "perm")?, None => (0..k.shape.len()).rev().collect() };
-                if perm.len() != k.shape.len() { return Err("perm does not fit".into()); }
+                let perm = match attrs.ints("perm") {
+                    Some(p) => usizes(&p, "perm")?,
+                    None => (0..k.shape.len()).rev().collect(),
+                };
+                if perm.len() != k.shape.len() {
+                    return Err("perm does not fit".into());
+                }
                 let moved = transpose_const(&k.shape, &k.floats(), &perm);
-                Const { shape: perm.iter().map(|&p| k.shape[p]).collect(), data: Data::F(moved) }
+                Const {
+                    shape: perm.iter().map(|&p| k.shape[p]).collect(),
+                    data: Data::F(moved),
+                }
             }
             "Add" | "Sub" | "Mul" | "Div" => {
                 let (a, b) = (c(0)?, c(1)?);
@@ -1027,17 +1377,53 @@ impl Converter {
                 let op = node.op_type();
                 if let (Data::I(x), Data::I(y)) = (&a.data, &b.data) {
                     let (x, y) = (bcast(x, &a.shape, &shape), bcast(y, &b.shape, &shape));
-                    let v = x.iter().zip(&y).map(|(&p, &q)| match op { "Add" => p + q, "Sub" => p - q, "Mul" => p * q, _ => if q == 0 { 0 } else { p / q } }).collect();
-                    Const { shape, data: Data::I(v) }
+                    let v = x
+                        .iter()
+                        .zip(&y)
+                        .map(|(&p, &q)| match op {
+                            "Add" => p + q,
+                            "Sub" => p - q,
+                            "Mul" => p * q,
+                            _ => {
+                                if q == 0 {
+                                    0
+                                } else {
+                                    p / q
+                                }
+                            }
+                        })
+                        .collect();
+                    Const {
+                        shape,
+                        data: Data::I(v),
+                    }
                 } else {
-                    let (x, y) = (bcast(&a.floats(), &a.shape, &shape), bcast(&b.floats(), &b.shape, &shape));
-                    let v = x.iter().zip(&y).map(|(&p, &q)| match op { "Add" => p + q, "Sub" => p - q, "Mul" => p * q, _ => p / q }).collect();
-                    Const { shape, data: Data::F(v) }
+                    let (x, y) = (
+                        bcast(&a.floats(), &a.shape, &shape),
+                        bcast(&b.floats(), &b.shape, &shape),
+                    );
+                    let v = x
+                        .iter()
+                        .zip(&y)
+                        .map(|(&p, &q)| match op {
+                            "Add" => p + q,
+                            "Sub" => p - q,
+                            "Mul" => p * q,
+                            _ => p / q,
+                        })
+                        .collect();
+                    Const {
+                        shape,
+                        data: Data::F(v),
+                    }
                 }
             }
             "Sqrt" => {
                 let k = c(0)?;
-                Const { shape: k.shape.clone(), data: Data::F(k.floats().iter().map(|v| v.sqrt()).collect()) }
+                Const {
+                    shape: k.shape.clone(),
+                    data: Data::F(k.floats().iter().map(|v| v.sqrt()).collect()),
+                }
             }
             "ConstantOfShape" => {
                 let shape = usizes(&c(0)?.ints()?, "shape")?;
@@ -1045,20 +1431,42 @@ impl Converter {
                 if n > (1 << 24) {
                     return Err(format!("a constant of {n} values is too large to fold"));
                 }
-                let value = attrs.get("value").and_then(|a| a.t.as_ref()).map(|t| read_tensor(t, &self.dir)).transpose()?;
+                let value = attrs
+                    .get("value")
+                    .and_then(|a| a.t.as_ref())
+                    .map(|t| read_tensor(t, &self.dir))
+                    .transpose()?;
                 match value.map(|v| v.data) {
-                    Some(Data::I(v)) => Const { shape, data: Data::I(vec![v.first().copied().unwrap_or(0); n]) },
-                    Some(Data::F(v)) => Const { shape, data: Data::F(vec![v.first().copied().unwrap_or(0.0); n]) },
-                    None => Const { shape, data: Data::F(vec![0.0; n]) },
+                    Some(Data::I(v)) => Const {
+                        shape,
+                        data: Data::I(vec![v.first().copied().unwrap_or(0); n]),
+                    },
+                    Some(Data::F(v)) => Const {
+                        shape,
+                        data: Data::F(vec![v.first().copied().unwrap_or(0.0); n]),
+                    },
+                    None => Const {
+                        shape,
+                        data: Data::F(vec![0.0; n]),
+                    },
                 }
             }
             "Slice" => {
                 let k = c(0)?;
                 let starts = c(1)?.ints()?;
                 let ends = c(2)?.ints()?;
-                let axes = match Self::optional(node, 3) { Some(n) => self.constant(n)?.ints()?, None => (0..starts.len() as i64).collect() };
-                let steps = match Self::optional(node, 4) { Some(n) => self.constant(n)?.ints()?, None => vec![1; starts.len()] };
-                if k.shape.len() != 1 || steps.iter().any(|&s| s != 1) || axes.iter().any(|&a| a != 0 && a != -1) {
+                let axes = match Self::optional(node, 3) {
+                    Some(n) => self.constant(n)?.ints()?,
+                    None => (0..starts.len() as i64).collect(),
+                };
+                let steps = match Self::optional(node, 4) {
+                    Some(n) => self.constant(n)?.ints()?,
+                    None => vec![1; starts.len()],
+                };
+                if k.shape.len() != 1
+                    || steps.iter().any(|&s| s != 1)
+                    || axes.iter().any(|&a| a != 0 && a != -1)
+                {
                     return Err("only 1-D slices with step 1 of constants are folded".into());
                 }
                 let len = k.shape[0] as i64;
@@ -1067,7 +1475,10 @@ impl Converter {
                 let e = e.max(s);
                 match &k.data {
                     Data::I(v) => ints(v[s..e].to_vec()),
-                    Data::F(v) => Const { shape: vec![e - s], data: Data::F(v[s..e].to_vec()) },
+                    Data::F(v) => Const {
+                        shape: vec![e - s],
+                        data: Data::F(v[s..e].to_vec()),
+                    },
                 }
             }
             _ => return Ok(None),
@@ -1132,20 +1543,34 @@ fn unsupported(op: &str, opset: i64) -> String {
 
 /// A shape from a value info: concrete dimensions, `None` where dynamic.
 fn value_shape(v: &proto::ValueInfoProto) -> Result<Vec<Option<usize>>, String> {
-    let Some(proto::type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+    let Some(proto::type_proto::Value::TensorType(t)) =
+        v.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
         return Err(format!("`{}` is not a tensor", v.name()));
     };
     if t.elem_type() != DataType::Float as i32 {
-        let name = DataType::try_from(t.elem_type()).map(|d| d.as_str_name()).unwrap_or("unknown");
-        return Err(format!("`{}` is of type {name}; edgebuild models take float inputs", v.name()));
+        let name = DataType::try_from(t.elem_type())
+            .map(|d| d.as_str_name())
+            .unwrap_or("unknown");
+        return Err(format!(
+            "`{}` is of type {name}; edgebuild models take float inputs",
+            v.name()
+        ));
     }
-    let shape = t.shape.as_ref().ok_or_else(|| format!("`{}` has no shape", v.name()))?;
+    let shape = t
+        .shape
+        .as_ref()
+        .ok_or_else(|| format!("`{}` has no shape", v.name()))?;
     shape
         .dim
         .iter()
         .map(|d| match &d.value {
-            Some(proto::tensor_shape_proto::dimension::Value::DimValue(v)) if *v > 0 => Ok(Some(*v as usize)),
-            Some(proto::tensor_shape_proto::dimension::Value::DimValue(v)) => Err(format!("dimension {v} is not positive")),
+            Some(proto::tensor_shape_proto::dimension::Value::DimValue(v)) if *v > 0 => {
+                Ok(Some(*v as usize))
+            }
+            Some(proto::tensor_shape_proto::dimension::Value::DimValue(v)) => {
+                Err(format!("dimension {v} is not positive"))
+            }
             _ => Ok(None),
         })
         .collect()
@@ -1161,7 +1586,10 @@ fn collapse_views(c: &mut Converter, output: &str) -> usize {
                 return None;
             }
             let mid = &second.inputs[0];
-            let i = c.nodes.iter().position(|n| &n.outputs[0] == mid && n.op == "Reshape")?;
+            let i = c
+                .nodes
+                .iter()
+                .position(|n| &n.outputs[0] == mid && n.op == "Reshape")?;
             let readers = c.nodes.iter().filter(|n| n.inputs.contains(mid)).count();
             (readers == 1 && mid != output).then_some((i, j))
         });
@@ -1188,15 +1616,27 @@ fn fold_batchnorms(c: &mut Converter, output: &str) -> Vec<serde_json::Value> {
         let producer = c.nodes.iter().position(|n| n.outputs[0] == x);
         let readers = c.nodes.iter().filter(|n| n.inputs.contains(&x)).count();
         let Some(p) = producer.filter(|&p| {
-            readers == 1 && x != output && matches!(c.nodes[p].op.as_str(), "Conv" | "Gemm")
-                && (c.nodes[p].op == "Conv" || c.nodes[p].attrs.get("alpha").and_then(|a| a.as_f64()) == Some(1.0))
+            readers == 1
+                && x != output
+                && matches!(c.nodes[p].op.as_str(), "Conv" | "Gemm")
+                && (c.nodes[p].op == "Conv"
+                    || c.nodes[p].attrs.get("alpha").and_then(|a| a.as_f64()) == Some(1.0))
         }) else {
             i += 1;
             continue;
         };
-        let eps = bn.attrs.get("epsilon").and_then(|e| e.as_f64()).unwrap_or(1e-5) as f32;
+        let eps = bn
+            .attrs
+            .get("epsilon")
+            .and_then(|e| e.as_f64())
+            .unwrap_or(1e-5) as f32;
         let get = |n: &str| c.weights[n].1.clone();
-        let (scale, beta, mean, var) = (get(&bn.inputs[1]), get(&bn.inputs[2]), get(&bn.inputs[3]), get(&bn.inputs[4]));
+        let (scale, beta, mean, var) = (
+            get(&bn.inputs[1]),
+            get(&bn.inputs[2]),
+            get(&bn.inputs[3]),
+            get(&bn.inputs[4]),
+        );
         let conv = c.nodes[p].clone();
         let wname = conv.inputs[1].clone();
         let (wshape, mut w) = c.weights[&wname].clone();
@@ -1212,8 +1652,16 @@ fn fold_batchnorms(c: &mut Converter, output: &str) -> Vec<serde_json::Value> {
                 *v *= factor[o];
             }
         }
-        let old_bias: Vec<f32> = conv.inputs.get(2).map(|b| c.weights[b].1.clone()).unwrap_or_else(|| vec![0.0; out]);
-        let gemm_beta = conv.attrs.get("beta").and_then(|b| b.as_f64()).unwrap_or(1.0) as f32;
+        let old_bias: Vec<f32> = conv
+            .inputs
+            .get(2)
+            .map(|b| c.weights[b].1.clone())
+            .unwrap_or_else(|| vec![0.0; out]);
+        let gemm_beta = conv
+            .attrs
+            .get("beta")
+            .and_then(|b| b.as_f64())
+            .unwrap_or(1.0) as f32;
         let bias: Vec<f32> = (0..out)
             .map(|o| (old_bias[o] * gemm_beta - mean[o]) * factor[o] + beta[o])
             .collect();
@@ -1259,12 +1707,17 @@ fn fold_batchnorms(c: &mut Converter, output: &str) -> Vec<serde_json::Value> {
 pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported, String> {
     let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
     if size > MAX_FILE_BYTES {
-        return Err(format!("{size} bytes is above the {MAX_FILE_BYTES}-byte limit of an ONNX file"));
+        return Err(format!(
+            "{size} bytes is above the {MAX_FILE_BYTES}-byte limit of an ONNX file"
+        ));
     }
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let model = proto::ModelProto::decode(bytes.as_slice())
         .map_err(|e| format!("not an ONNX model (the protobuf does not decode: {e})"))?;
-    let graph = model.graph.as_ref().ok_or("not an ONNX model: it has no graph")?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or("not an ONNX model: it has no graph")?;
     let opset = model
         .opset_import
         .iter()
@@ -1272,7 +1725,11 @@ pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported, String> 
         .map(|o| o.version())
         .ok_or("the model imports no opset of the default domain")?;
     if !OPSETS.contains(&opset) {
-        return Err(format!("opset {opset} is not supported: edgebuild reads opsets {} to {}", OPSETS.start(), OPSETS.end()));
+        return Err(format!(
+            "opset {opset} is not supported: edgebuild reads opsets {} to {}",
+            OPSETS.start(),
+            OPSETS.end()
+        ));
     }
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut c = Converter {
@@ -1288,35 +1745,67 @@ pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported, String> 
         renamed: BTreeMap::new(),
     };
     for init in &graph.initializer {
-        let value = read_tensor(init, &dir).map_err(|e| format!("initializer `{}`: {e}", init.name()))?;
+        let value =
+            read_tensor(init, &dir).map_err(|e| format!("initializer `{}`: {e}", init.name()))?;
         c.consts.insert(init.name().to_string(), value);
     }
     if !graph.sparse_initializer.is_empty() {
         return Err("sparse initializers are not supported".into());
     }
     // The input: a graph input that is not an initializer.
-    let inputs: Vec<&proto::ValueInfoProto> = graph.input.iter().filter(|i| !c.consts.contains_key(i.name())).collect();
+    let inputs: Vec<&proto::ValueInfoProto> = graph
+        .input
+        .iter()
+        .filter(|i| !c.consts.contains_key(i.name()))
+        .collect();
     let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
     let input = match (&options.input, inputs.as_slice()) {
-        (Some(want), _) => *inputs.iter().find(|i| i.name() == want).ok_or_else(|| format!("no graph input `{want}`; the inputs are {}", names.join(", ")))?,
+        (Some(want), _) => *inputs.iter().find(|i| i.name() == want).ok_or_else(|| {
+            format!(
+                "no graph input `{want}`; the inputs are {}",
+                names.join(", ")
+            )
+        })?,
         (None, [one]) => *one,
         (None, []) => return Err("the graph has no input".into()),
-        (None, _) => return Err(format!("the graph has {} inputs ({}); say which one is used with `input: NAME` in params", inputs.len(), names.join(", "))),
+        (None, _) => {
+            return Err(format!(
+                "the graph has {} inputs ({}); say which one is used with `input: NAME` in params",
+                inputs.len(),
+                names.join(", ")
+            ));
+        }
     };
     let shape = value_shape(input)?;
     let per_sample: Vec<usize> = match &options.input_shape {
         Some(s) => {
-            if s.len() + 1 != shape.len() || shape[1..].iter().zip(s).any(|(d, v)| d.is_some_and(|d| d != *v)) {
-                return Err(format!("input_shape {s:?} does not fit the input `{}` of shape {}", input.name(), show_dims(&shape)));
+            if s.len() + 1 != shape.len()
+                || shape[1..]
+                    .iter()
+                    .zip(s)
+                    .any(|(d, v)| d.is_some_and(|d| d != *v))
+            {
+                return Err(format!(
+                    "input_shape {s:?} does not fit the input `{}` of shape {}",
+                    input.name(),
+                    show_dims(&shape)
+                ));
             }
             s.clone()
         }
         None => {
             if shape.is_empty() {
-                return Err(format!("the input `{}` is a scalar; it needs a batch dimension", input.name()));
+                return Err(format!(
+                    "the input `{}` is a scalar; it needs a batch dimension",
+                    input.name()
+                ));
             }
             if shape[0].is_some_and(|b| b != 1) {
-                return Err(format!("the input `{}` has a batch of {}; edgebuild runs a batch dimension of 1 (or dynamic)", input.name(), shape[0].unwrap_or(0)));
+                return Err(format!(
+                    "the input `{}` has a batch of {}; edgebuild runs a batch dimension of 1 (or dynamic)",
+                    input.name(),
+                    shape[0].unwrap_or(0)
+                ));
             }
             shape[1..]
                 .iter()
@@ -1331,14 +1820,30 @@ pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported, String> 
     let mut full = vec![1];
     full.extend(&per_sample);
     checked_numel(&full)?;
-    c.acts.insert(input.name().to_string(), ("input".into(), full));
+    c.acts
+        .insert(input.name().to_string(), ("input".into(), full));
     // The output.
     let outputs: Vec<&str> = graph.output.iter().map(|o| o.name()).collect();
     let output = match (&options.output, outputs.as_slice()) {
-        (Some(want), _) => outputs.iter().find(|o| *o == want).copied().ok_or_else(|| format!("no graph output `{want}`; the outputs are {}", outputs.join(", ")))?,
+        (Some(want), _) => outputs
+            .iter()
+            .find(|o| *o == want)
+            .copied()
+            .ok_or_else(|| {
+                format!(
+                    "no graph output `{want}`; the outputs are {}",
+                    outputs.join(", ")
+                )
+            })?,
         (None, [one]) => *one,
         (None, []) => return Err("the graph has no output".into()),
-        (None, _) => return Err(format!("the graph has {} outputs ({}); say which one is used with `output: NAME` in params", outputs.len(), outputs.join(", "))),
+        (None, _) => {
+            return Err(format!(
+                "the graph has {} outputs ({}); say which one is used with `output: NAME` in params",
+                outputs.len(),
+                outputs.join(", ")
+            ));
+        }
     };
     // Only the nodes the output needs.
     let mut needed: BTreeSet<&str> = BTreeSet::from([output]);
@@ -1355,15 +1860,25 @@ pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported, String> 
             continue;
         }
         if !(node.domain().is_empty() || node.domain() == "ai.onnx") {
-            return Err(format!("node {i} `{}` ({}, domain {}): {}", node.name(), node.op_type(), node.domain(), "only ops of the default ONNX domain are supported"));
+            return Err(format!(
+                "node {i} `{}` ({}, domain {}): {}",
+                node.name(),
+                node.op_type(),
+                node.domain(),
+                "only ops of the default ONNX domain are supported"
+            ));
         }
-        c.node(node).map_err(|e| format!("node {i} `{}` ({}, opset {opset}): {e}", node.name(), node.op_type()))?;
+        c.node(node).map_err(|e| {
+            format!(
+                "node {i} `{}` ({}, opset {opset}): {e}",
+                node.name(),
+                node.op_type()
+            )
+        })?;
     }
-    let (out_name, _) = c
-        .acts
-        .get(output)
-        .cloned()
-        .ok_or_else(|| format!("the output `{output}` is a constant: the model computes nothing from its input"))?;
+    let (out_name, _) = c.acts.get(output).cloned().ok_or_else(|| {
+        format!("the output `{output}` is a constant: the model computes nothing from its input")
+    })?;
     let batchnorms = fold_batchnorms(&mut c, &out_name);
     let (out_name, _) = c.acts[output].clone();
     collapse_views(&mut c, &out_name);
@@ -1373,7 +1888,11 @@ pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported, String> 
     }
     let name = options.name.clone().unwrap_or_else(|| {
         let g = graph.name();
-        if g.is_empty() { "model".into() } else { g.to_string() }
+        if g.is_empty() {
+            "model".into()
+        } else {
+            g.to_string()
+        }
     });
     let arch = Architecture {
         name,
@@ -1382,10 +1901,16 @@ pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported, String> 
         layers: Vec::new(),
         input: Some("input".into()),
         output: Some(out_name.clone()),
-        weights: c.weights.iter().map(|(k, (s, _))| (k.clone(), s.clone())).collect(),
+        weights: c
+            .weights
+            .iter()
+            .map(|(k, (s, _))| (k.clone(), s.clone()))
+            .collect(),
         nodes: c.nodes.clone(),
     };
-    let checked = arch.graph().map_err(|e| format!("the imported graph is inconsistent: {e}"))?;
+    let checked = arch
+        .graph()
+        .map_err(|e| format!("the imported graph is inconsistent: {e}"))?;
     let report = serde_json::json!({
         "format": "edgebuild-import-v1",
         "onnx": {
@@ -1418,6 +1943,9 @@ pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported, String> 
 }
 
 fn show_dims(dims: &[Option<usize>]) -> String {
-    let parts: Vec<String> = dims.iter().map(|d| d.map_or("?".into(), |d| d.to_string())).collect();
+    let parts: Vec<String> = dims
+        .iter()
+        .map(|d| d.map_or("?".into(), |d| d.to_string()))
+        .collect();
     format!("[{}]", parts.join(", "))
 }

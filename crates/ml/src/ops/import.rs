@@ -39,21 +39,27 @@ impl Op for Import {
         let path = ctx.input("model")?;
         let imported = import(path, &options)
             .map_err(|e| OpError::BadInput(format!("{}: {e}", path.display())))?;
-        let mut arch = serde_json::to_vec_pretty(&imported.arch).map_err(|e| OpError::Failed(e.to_string()))?;
+        let mut arch = serde_json::to_vec_pretty(&imported.arch)
+            .map_err(|e| OpError::Failed(e.to_string()))?;
         arch.push(b'\n');
         edgebuild_engine::op::write_output(ctx.output("architecture")?, &arch)?;
         crate::model::save_safetensors(ctx.output("weights")?, &imported.weights)
             .map_err(OpError::Failed)?;
         edgebuild_engine::op::write_json(ctx.output("report")?, &imported.report)?;
-        let kept: BTreeMap<String, u64> = serde_json::from_value(imported.report["kept"].clone()).unwrap_or_default();
+        let kept: BTreeMap<String, u64> =
+            serde_json::from_value(imported.report["kept"].clone()).unwrap_or_default();
         let kept: Vec<String> = kept.iter().map(|(op, n)| format!("{n} {op}")).collect();
         ctx.log(format!(
             "{} nodes in, {} kept ({}); {} constants folded, {} batchnorm(s) folded, {} removed",
             imported.report["onnx"]["nodes"],
             imported.report["model"]["nodes"],
             kept.join(", "),
-            imported.report["folded_constants"].as_array().map_or(0, Vec::len),
-            imported.report["batchnorm_folded"].as_array().map_or(0, Vec::len),
+            imported.report["folded_constants"]
+                .as_array()
+                .map_or(0, Vec::len),
+            imported.report["batchnorm_folded"]
+                .as_array()
+                .map_or(0, Vec::len),
             imported.report["removed"].as_array().map_or(0, Vec::len),
         ));
         Ok(OpOutcome::Success)

@@ -1,7 +1,8 @@
-//! The built-in ops, one file each, behind the engine's [`Op`] trait: `import`, `imatrix`, `quantize`,
+//! The built-in ops, one file each, behind the engine's [`Op`] trait: `import`, `dataset`, `imatrix`, `quantize`,
 //! `evaluate`, `report`, `measure`, `gate`, `package` and `prune` (SPEC.md, "Built-in ops").
 //! [`registry`] is the value the CLI passes to the engine.
 
+pub mod dataset;
 pub mod evaluate;
 pub mod gate;
 pub mod imatrix;
@@ -19,6 +20,7 @@ use edgebuild_engine::op::{Op, OpError, OpRegistry};
 /// Every built-in op, in a registry for the engine.
 pub fn registry() -> OpRegistry {
     let ops: Vec<Box<dyn Op>> = vec![
+        Box::new(dataset::Dataset),
         Box::new(evaluate::Evaluate),
         Box::new(gate::Gate),
         Box::new(imatrix::Imatrix),
