@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod data;
+pub mod int8;
 pub mod model;
 pub mod onnx;
 pub mod ops;

@@ -191,8 +191,20 @@ pub fn forward<F: Real>(
     graph: &Graph,
     params: &dyn Params<F>,
     input: Tensor<F>,
-    mut observe: Option<Observer<'_, F>>,
+    observe: Option<Observer<'_, F>>,
 ) -> Result<Tensor<F>, String> {
+    forward_each(graph, params, input, observe, &mut |_, _| {})
+}
+
+/// [`forward`], calling `each(name, tensor)` with the input and every node's output.
+pub fn forward_each<F: Real>(
+    graph: &Graph,
+    params: &dyn Params<F>,
+    input: Tensor<F>,
+    mut observe: Option<Observer<'_, F>>,
+    each: &mut dyn FnMut(&str, &Tensor<F>),
+) -> Result<Tensor<F>, String> {
+    each(&graph.input, &input);
     let mut live: std::collections::BTreeMap<&str, Tensor<F>> = std::collections::BTreeMap::new();
     // How many reads each tensor has left, so it is dropped after its last.
     let mut reads: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
@@ -206,6 +218,7 @@ pub fn forward<F: Real>(
     for node in &graph.nodes {
         let out = run_node(graph, node, params, &live, observe.as_deref_mut())
             .map_err(|e| format!("node `{}` ({}): {e}", node.name, node.op.name()))?;
+        each(&node.outputs[0], &out);
         for i in &node.inputs {
             if let Some(left) = reads.get_mut(i.as_str()) {
                 *left -= 1;

@@ -14,6 +14,72 @@ use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
 
 pub struct Evaluate;
 
+/// The quantized side: a GGUF through candle's quantized kernels, or an int8 model through the
+/// reference int8 kernels (the device runtime's integers).
+pub enum Quantized {
+    Gguf(QuantModel),
+    Int8(crate::int8::Int8Model),
+}
+
+impl Quantized {
+    /// A GGUF (by its magic) or an int8 model.
+    pub fn load(path: &std::path::Path) -> Result<Quantized, String> {
+        let mut magic = [0u8; 4];
+        let is_gguf = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && &magic == b"GGUF";
+        if is_gguf {
+            QuantModel::load(path).map(Quantized::Gguf)
+        } else {
+            crate::int8::Int8Model::load(path).map(Quantized::Int8)
+        }
+    }
+
+    /// Outputs for a batch, as floats.
+    pub fn forward(&self, x: &candle_core::Tensor) -> Result<candle_core::Tensor, String> {
+        match self {
+            Quantized::Gguf(q) => q.forward(x).map_err(|e| e.to_string()),
+            Quantized::Int8(m) => {
+                use rayon::prelude::*;
+                let dims = x.dims().to_vec();
+                let n = dims[0];
+                let data = x
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(|e| e.to_string())?;
+                let per = data.len() / n.max(1);
+                let outs: Vec<Vec<f32>> = data
+                    .par_chunks(per.max(1))
+                    .map(|s| m.run(&m.quantize_input(s)).map(|q| m.dequantize_output(&q)))
+                    .collect::<Result<_, _>>()?;
+                let mut shape = vec![n];
+                shape.extend(&m.output_shape);
+                candle_core::Tensor::from_vec(outs.concat(), shape, &candle_core::Device::Cpu)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// How each tensor (GGUF) or node (int8) is computed.
+    pub fn kernels(&self) -> serde_json::Value {
+        match self {
+            Quantized::Gguf(q) => serde_json::json!(q.types),
+            Quantized::Int8(m) => serde_json::Value::Object(
+                m.nodes
+                    .iter()
+                    .map(|n| {
+                        (
+                            n.name.clone(),
+                            serde_json::json!(format!("int8 {}", n.kernel.name())),
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EvaluateParams {
@@ -77,11 +143,25 @@ impl Op for Evaluate {
         let arch = Architecture::load(ctx.input("architecture")?).map_err(OpError::BadInput)?;
         let weights =
             FloatWeights::load(ctx.input("weights")?, &arch).map_err(OpError::BadInput)?;
-        let quant = QuantModel::load(ctx.input("model")?).map_err(OpError::BadInput)?;
-        if quant.arch != arch {
+        let quant = Quantized::load(ctx.input("model")?).map_err(OpError::BadInput)?;
+        if let Quantized::Gguf(q) = &quant
+            && q.arch != arch
+        {
             return Err(OpError::BadInput(format!(
                 "{}: the GGUF was built from a different architecture than {}",
                 ctx.stage_id,
+                ctx.input("architecture")?.display()
+            )));
+        }
+        if let Quantized::Int8(m) = &quant
+            && (m.input_shape != arch.input_shape
+                || m.output_shape != arch.graph().map_err(OpError::BadInput)?.output_shape())
+        {
+            return Err(OpError::BadInput(format!(
+                "{}: the int8 model takes {:?} and gives {:?}, not what {} does",
+                ctx.stage_id,
+                m.input_shape,
+                m.output_shape,
                 ctx.input("architecture")?.display()
             )));
         }
@@ -107,7 +187,7 @@ impl Op for Evaluate {
             let len = batch.min(n - start);
             let x = data.x.narrow(0, start, len).map_err(super::candle)?;
             let float_out = forward_graph(&graph, &float_params, &x).map_err(OpError::Failed)?;
-            let quant_out = quant.forward(&x).map_err(super::candle)?;
+            let quant_out = quant.forward(&x).map_err(OpError::Failed)?;
             max_abs = max_abs.max(
                 (&float_out - &quant_out)
                     .map_err(super::candle)?
@@ -155,7 +235,7 @@ impl Op for Evaluate {
                 "p99": round6(percentile(&klds, 99.0)),
             },
             "max_abs_error": round6(max_abs),
-            "quantized_kernels": quant.types,
+            "quantized_kernels": quant.kernels(),
         });
         edgebuild_engine::op::write_json(ctx.output("metrics")?, &metrics)?;
         ctx.log(format!(

@@ -2,11 +2,13 @@
 //! `evaluate`, `report`, `measure`, `gate`, `package` and `prune` (SPEC.md, "Built-in ops").
 //! [`registry`] is the value the CLI passes to the engine.
 
+pub mod calibrate;
 pub mod dataset;
 pub mod evaluate;
 pub mod gate;
 pub mod imatrix;
 pub mod import;
+pub mod int8;
 pub mod measure;
 pub mod package;
 pub mod prune;
@@ -20,11 +22,13 @@ use edgebuild_engine::op::{Op, OpError, OpRegistry};
 /// Every built-in op, in a registry for the engine.
 pub fn registry() -> OpRegistry {
     let ops: Vec<Box<dyn Op>> = vec![
+        Box::new(calibrate::Calibrate),
         Box::new(dataset::Dataset),
         Box::new(evaluate::Evaluate),
         Box::new(gate::Gate),
         Box::new(imatrix::Imatrix),
         Box::new(import::Import),
+        Box::new(int8::Int8),
         Box::new(measure::Measure),
         Box::new(package::Package),
         Box::new(prune::Prune),
