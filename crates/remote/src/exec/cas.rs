@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
-use bazel_remote_apis::google::bytestream;
+use crate::proto::build::bazel::remote::execution::v2 as re;
+use crate::proto::google::bytestream;
 
 use super::RemoteExecutor;
 use super::execute::{Fault, uuid};

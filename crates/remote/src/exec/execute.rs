@@ -2,7 +2,7 @@
 //! with backoff on transient faults, cancelled when abandoned; and what a finished operation
 //! says.
 
-use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use crate::proto::build::bazel::remote::execution::v2 as re;
 use prost::Message;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -30,9 +30,9 @@ pub(crate) fn retryable(status: &tonic::Status) -> bool {
 
 /// The outcome of an `Execute` operation.
 pub(crate) fn finished(
-    operation: bazel_remote_apis::google::longrunning::Operation,
+    operation: crate::proto::google::longrunning::Operation,
 ) -> Result<re::ExecuteResponse, Fault> {
-    use bazel_remote_apis::google::longrunning::operation::Result as OpResult;
+    use crate::proto::google::longrunning::operation::Result as OpResult;
     match operation.result {
         Some(OpResult::Response(any)) => re::ExecuteResponse::decode(any.value.as_slice())
             .map_err(|e| Fault(format!("an unreadable ExecuteResponse: {e}"))),
@@ -182,11 +182,11 @@ impl RemoteExecutor {
     /// Gives up on an operation: cancels it on the server, best effort.
     pub(crate) async fn abandon(&self, name: &str, fault: Fault) -> Fault {
         self.in_flight.lock().expect("in flight").remove(name);
-        let mut client = bazel_remote_apis::google::longrunning::operations_client::OperationsClient::with_interceptor(
+        let mut client = crate::proto::google::longrunning::operations_client::OperationsClient::with_interceptor(
             self.channel.clone(),
             self.headers.clone(),
         );
-        let request = bazel_remote_apis::google::longrunning::CancelOperationRequest {
+        let request = crate::proto::google::longrunning::CancelOperationRequest {
             name: name.to_string(),
         };
         let _ =

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use crate::proto::build::bazel::remote::execution::v2 as re;
 use prost::Message;
 
 use super::RemoteExecutor;
@@ -308,7 +308,7 @@ impl RemoteExecutor {
         let action = re::Action {
             command_digest: Some(command_digest),
             input_root_digest: Some(input_root),
-            timeout: Some(bazel_remote_apis::google::protobuf::Duration {
+            timeout: Some(crate::proto::google::protobuf::Duration {
                 seconds: 3600,
                 nanos: 0,
             }),

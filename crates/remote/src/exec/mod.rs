@@ -1,5 +1,5 @@
 //! The remote executor: stages run on a Remote Execution API v2 server (NativeLink, Buildbarn,
-//! BuildGrid, BuildBuddy, buildbox-casd), through the `bazel-remote-apis` crate's gRPC stubs.
+//! BuildGrid, BuildBuddy, buildbox-casd), through the gRPC client stubs in `crate::proto`.
 //!
 //! A stage becomes a `Command` (`sh -c` and its expanded command, or the edgebuild binary running
 //! the op from a serialized description), an input root of canonical `Directory` messages made
@@ -29,8 +29,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
-use bazel_remote_apis::google::bytestream;
+use crate::proto::build::bazel::remote::execution::v2 as re;
+use crate::proto::google::bytestream;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::Channel;
 
@@ -161,11 +161,11 @@ impl RemoteExecutor {
                 let names: Vec<String> = in_flight.lock().expect("in flight").iter().cloned().collect();
                 let mut cancels = tokio::task::JoinSet::new();
                 for name in names.clone() {
-                    let mut client = bazel_remote_apis::google::longrunning::operations_client::OperationsClient::with_interceptor(
+                    let mut client = crate::proto::google::longrunning::operations_client::OperationsClient::with_interceptor(
                         channel.clone(),
                         headers.clone(),
                     );
-                    let request = bazel_remote_apis::google::longrunning::CancelOperationRequest { name };
+                    let request = crate::proto::google::longrunning::CancelOperationRequest { name };
                     cancels.spawn(async move { client.cancel_operation(request).await.is_ok() });
                 }
                 let mut cancelled = 0;

@@ -7,7 +7,7 @@ use edgebuild_engine::exec::{ExecSuccess, RemoteRun};
 use edgebuild_engine::op::OpOutcome;
 use std::collections::HashMap;
 
-use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use crate::proto::build::bazel::remote::execution::v2 as re;
 use prost::Message;
 
 use super::RemoteExecutor;
