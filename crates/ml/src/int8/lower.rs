@@ -150,37 +150,19 @@ impl Lowering<'_> {
         (Activation::None, out.clone())
     }
 
-    /// Per-output-channel symmetric int8 of `w` viewed `[out, k]`: values and scales.
-    fn per_channel(w: &[f32], out: usize) -> (Vec<i8>, Vec<f64>) {
-        let k = w.len() / out.max(1);
-        let mut q = Vec::with_capacity(w.len());
-        let mut scales = Vec::with_capacity(out);
-        for row in w.chunks(k.max(1)) {
-            let max = row.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
-            let s = if max > 0.0 { max / 127.0 } else { 1.0 };
-            scales.push(s);
-            q.extend(
-                row.iter()
-                    .map(|&v| ((v as f64) / s).round().clamp(-127.0, 127.0) as i8),
-            );
-        }
-        (q, scales)
-    }
-
-    /// Biases at input × weight scale, as int32.
-    fn biases(node: &str, b: &[f32], s_in: f64, s_w: &[f64]) -> Result<Vec<i32>, String> {
-        b.iter()
-            .zip(s_w)
-            .enumerate()
-            .map(|(c, (&v, &sw))| {
-                let q = (v as f64 / (s_in * sw)).round();
-                if q.abs() > (1u64 << 30) as f64 {
-                    Err(format!("node `{node}`: the bias of channel {c} ({v}) does not fit int32 at scale {}", s_in * sw))
-                } else {
-                    Ok(q as i32)
-                }
-            })
-            .collect()
+    /// Per-output-channel symmetric int8 of `w` viewed `[out, k]` and the int32 biases
+    /// (`quant::per_channel`): values, scales, biases (when there are any).
+    fn per_channel(
+        node: &str,
+        w: &[f32],
+        out: usize,
+        bias: Option<&[f32]>,
+        s_in: f64,
+    ) -> Result<(Vec<i8>, Vec<f64>, Option<Vec<i32>>), String> {
+        let (q, s, b) = quant::per_channel(w, out, bias, s_in).map_err(|c| {
+            format!("node `{node}`: the bias of channel {c} is not a finite number")
+        })?;
+        Ok((q, s, bias.map(|_| b)))
     }
 
     fn requant_blobs(
@@ -206,7 +188,11 @@ impl Lowering<'_> {
         let (cout, cpg, kh, kw) = (wshape[0], wshape[1], wshape[2], wshape[3]);
         let cin = xt.shape[3];
         let w = self.dense(&node.inputs[1])?.to_vec();
-        let (qw, s_w) = Self::per_channel(&w, cout);
+        let b = match node.inputs.get(2) {
+            Some(b) => Some(self.dense(b)?.to_vec()),
+            None => None,
+        };
+        let (qw, s_w, qb) = Self::per_channel(&node.name, &w, cout, b.as_deref(), xt.scale)?;
         let depthwise = c.group > 1 && c.group == cin && cpg == 1;
         // OHWI for conv; [kh][kw][out] for depthwise.
         let k = cpg * kh * kw;
@@ -227,14 +213,7 @@ impl Lowering<'_> {
             }
         }
         let name = &node.name;
-        let bias = match node.inputs.get(2) {
-            Some(b) => {
-                let b = self.dense(b)?.to_vec();
-                let q = Self::biases(name, &b, xt.scale, &s_w)?;
-                Some(self.blob(format!("{name}.bias"), Blob::I32(q)))
-            }
-            None => None,
-        };
+        let bias = qb.map(|q| self.blob(format!("{name}.bias"), Blob::I32(q)));
         let weights = self.blob(format!("{name}.weights"), Blob::I8(laid));
         let (mult, shift) = self.requant_blobs(name, xt.scale, &s_w, yt.scale);
         let (act_min, act_max) = quant::activation_range(act, yt.scale, yt.zero_point);
@@ -302,19 +281,20 @@ impl Lowering<'_> {
             .iter()
             .map(|v| v * g.alpha)
             .collect();
-        let (qw, s_w) = Self::per_channel(&w, out);
-        let name = &node.name;
-        let bias = match node.inputs.get(2) {
+        let b = match node.inputs.get(2) {
             Some(b) => {
-                let b = self.dense(b)?.to_vec();
-                let full: Vec<f32> = (0..out)
-                    .map(|o| b[if b.len() == 1 { 0 } else { o }] * g.beta)
-                    .collect();
-                let q = Self::biases(name, &full, xt.scale, &s_w)?;
-                Some(self.blob(format!("{name}.bias"), Blob::I32(q)))
+                let b = self.dense(b)?;
+                Some(
+                    (0..out)
+                        .map(|o| b[if b.len() == 1 { 0 } else { o }] * g.beta)
+                        .collect::<Vec<f32>>(),
+                )
             }
             None => None,
         };
+        let name = &node.name;
+        let (qw, s_w, qb) = Self::per_channel(name, &w, out, b.as_deref(), xt.scale)?;
+        let bias = qb.map(|q| self.blob(format!("{name}.bias"), Blob::I32(q)));
         let weights = self.blob(format!("{name}.weights"), Blob::I8(qw));
         let (mult, shift) = self.requant_blobs(name, xt.scale, &s_w, yt.scale);
         let (act_min, act_max) = quant::activation_range(act, yt.scale, yt.zero_point);
@@ -350,13 +330,7 @@ impl Lowering<'_> {
         like: &QTensor,
     ) -> Result<(String, Vec<usize>, f64), String> {
         let shape = self.graph.weights[name].clone();
-        let values = self.dense(name)?.to_vec();
-        let max = values.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
-        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-        let q: Vec<i8> = values
-            .iter()
-            .map(|&v| ((v as f64) / scale).round().clamp(-127.0, 127.0) as i8)
-            .collect();
+        let (q, scale) = quant::symmetric(self.dense(name)?);
         // Right-aligned to the activation's rank; a 4-D NCHW constant moves to NHWC.
         let rank = like.shape.len();
         if shape.len() > rank {
@@ -897,10 +871,9 @@ pub fn lower(
                 let y = l.tensor(&node.outputs[0], None)?;
                 let (xt, yt) = (l.model.tensors[x].clone(), l.model.tensors[y].clone());
                 let c = xt.shape[3];
-                let (qw, s_w) = Lowering::per_channel(&w, c);
-                let bias = Lowering::biases(&node.name, &b, xt.scale, &s_w)?;
+                let (qw, s_w, bias) = Lowering::per_channel(&node.name, &w, c, Some(&b), xt.scale)?;
                 let weights = l.blob(format!("{}.weights", node.name), Blob::I8(qw));
-                let bias = Some(l.blob(format!("{}.bias", node.name), Blob::I32(bias)));
+                let bias = bias.map(|q| l.blob(format!("{}.bias", node.name), Blob::I32(q)));
                 let (mult, shift) = l.requant_blobs(&node.name, xt.scale, &s_w, yt.scale);
                 let params = ConvParams {
                     in_h: i32_of(xt.shape[1])?,

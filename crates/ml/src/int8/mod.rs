@@ -15,6 +15,7 @@ pub mod conv;
 pub mod lower;
 pub mod ops;
 pub mod planner;
+pub mod qdq;
 pub mod quant;
 
 use std::collections::BTreeMap;

@@ -58,6 +58,62 @@ fn frexp(x: f64) -> (f64, i32) {
     (f64::from_bits(q_bits), e)
 }
 
+/// The largest |bias| in units of its scale: 2^30, half of int32, so that adding the
+/// accumulated products cannot overflow on any layer of the sizes the planner accepts.
+pub const BIAS_LIMIT: f64 = (1u64 << 30) as f64;
+
+/// Symmetric int8 of `values` at one scale, `max |v| / 127` (1 for all zeros): values in
+/// −127..=127.
+pub fn symmetric(values: &[f32]) -> (Vec<i8>, f64) {
+    let max = values.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    (quantize_symmetric(values, scale), scale)
+}
+
+fn quantize_symmetric(values: &[f32], scale: f64) -> Vec<i8> {
+    values
+        .iter()
+        .map(|&v| ((v as f64) / scale).round().clamp(-127.0, 127.0) as i8)
+        .collect()
+}
+
+/// Weights `w`, viewed `[out, k]`, per output channel symmetric int8 (SPEC.md, "int8
+/// arithmetic"), and their biases (one per channel) as int32 at input × weight scale.
+///
+/// A channel's scale is `max |w| / 127`, raised where the bias would not fit `BIAS_LIMIT`
+/// at it (a channel whose weights are all but zero, as in a pruned channel): then the
+/// smallest scale at which it fits, as TFLite's converter adjusts weight scales for biases.
+/// Returns the int8 weights, the scales and the int32 biases; `Err(channel)` for a bias
+/// that is not finite.
+pub fn per_channel(
+    w: &[f32],
+    out: usize,
+    bias: Option<&[f32]>,
+    s_in: f64,
+) -> Result<(Vec<i8>, Vec<f64>, Vec<i32>), usize> {
+    let k = (w.len() / out.max(1)).max(1);
+    let mut q = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(out);
+    let mut biases = Vec::with_capacity(out);
+    for (c, row) in w.chunks(k).enumerate() {
+        let max = row.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+        let mut s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        if let Some(b) = bias {
+            let b = b.get(c).copied().unwrap_or(0.0) as f64;
+            if !b.is_finite() {
+                return Err(c);
+            }
+            if (b / (s_in * s)).abs() > BIAS_LIMIT {
+                s = b.abs() / (s_in * BIAS_LIMIT);
+            }
+            biases.push((b / (s_in * s)).round().clamp(-BIAS_LIMIT, BIAS_LIMIT) as i32);
+        }
+        scales.push(s);
+        q.extend(quantize_symmetric(row, s));
+    }
+    Ok((q, scales, biases))
+}
+
 /// TFLite's `QuantizeMultiplier`: real multiplier `m` -> `(M, S)` with
 /// `m ~= M * 2^(S - 31)`, `M` in `[2^30, 2^31)` (or 0).  Exactly the contract:
 /// `q = frexp(m, &S); M = round(q * 2^31)` (half away from zero); `M == 2^31`
@@ -201,6 +257,25 @@ pub mod funcs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_channel_weights_and_biases() {
+        // Channel 0: ordinary; channel 1: weights all but zero under a real bias (a pruned
+        // channel of MobileNet); channel 2: all zero.
+        let w = [1.27f32, -0.5, 1e-33, -1e-33, 0.0, 0.0];
+        let b = [0.25f32, 0.146, 0.0];
+        let (q, s, qb) = per_channel(&w, 3, Some(&b), 0.5).unwrap();
+        assert_eq!(&q[..2], &[127, -50]);
+        assert!((s[0] - 0.01).abs() < 1e-7);
+        assert_eq!(qb[0], 50);
+        // Raised so that the bias fits: |b| / (s_in · s) = 2^30 exactly.
+        assert!((s[1] - 0.146f32 as f64 / (0.5 * BIAS_LIMIT)).abs() < 1e-20);
+        assert_eq!(qb[1], 1 << 30);
+        assert_eq!(&q[2..4], &[0, 0]);
+        assert_eq!((s[2], qb[2]), (1.0, 0));
+        assert_eq!(per_channel(&w, 3, Some(&[0.0, f32::NAN, 0.0]), 0.5), Err(1));
+        assert_eq!(symmetric(&[0.0, 254.0, -64.0]), (vec![0, 127, -32], 2.0));
+    }
 
     #[test]
     fn quantize_multiplier_known_values() {

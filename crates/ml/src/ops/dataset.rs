@@ -21,7 +21,7 @@ pub const MAX_SAMPLES: usize = 100_000;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
-enum Distribution {
+pub enum Distribution {
     #[default]
     Smooth,
     Uniform,
@@ -129,6 +129,26 @@ fn sample(stream: &mut Stream, shape: &[usize], distribution: Distribution) -> V
     }
 }
 
+/// `samples` inputs of `shape` in `range`, drawn from `seed` (the dataset op's inputs).
+pub fn synthesize(
+    shape: &[usize],
+    samples: usize,
+    seed: u64,
+    distribution: Distribution,
+    range: [f32; 2],
+) -> Vec<f32> {
+    let mut stream = Stream(seed);
+    let [lo, hi] = range;
+    let per: usize = shape.iter().product();
+    let mut x = Vec::with_capacity(samples * per);
+    for _ in 0..samples {
+        let s = sample(&mut stream, shape, distribution);
+        // Rounded to f32 first: the labels are those of the values stored.
+        x.extend(s.iter().map(|v| (lo as f64 + v * (hi - lo) as f64) as f32));
+    }
+    x
+}
+
 impl Op for Dataset {
     fn name(&self) -> &'static str {
         "dataset"
@@ -152,15 +172,14 @@ impl Op for Dataset {
         let graph = arch.graph().map_err(OpError::BadInput)?;
         let classes = arch.classes().map_err(OpError::BadInput)?;
         let reference = weights.reference().map_err(OpError::BadInput)?;
-        let mut stream = Stream(params.seed);
-        let [lo, hi] = params.range;
         let per_sample: usize = arch.input_shape.iter().product();
-        let mut x = Vec::with_capacity(params.samples * per_sample);
-        for _ in 0..params.samples {
-            let s = sample(&mut stream, &arch.input_shape, params.distribution);
-            // Rounded to f32 first: the labels are those of the values stored.
-            x.extend(s.iter().map(|v| (lo as f64 + v * (hi - lo) as f64) as f32));
-        }
+        let x = synthesize(
+            &arch.input_shape,
+            params.samples,
+            params.seed,
+            params.distribution,
+            params.range,
+        );
         // Labels: the f64 reference's top-1 of each stored sample, 16 samples at a time.
         let mut y = Vec::with_capacity(params.samples);
         for chunk in x.chunks(16 * per_sample) {

@@ -1,5 +1,6 @@
 //! `int8`: a float model and its calibrated ranges → a full-integer int8 model (TFLite's int8
-//! specification; SPEC.md, "`int8`"), the file the C runtime is generated from.
+//! specification; SPEC.md, "`int8`"), the file the C runtime is generated from, and the same
+//! model as a QDQ ONNX file for Linux-class devices and ONNX Runtime.
 
 use crate::int8::calibrate::Ranges;
 use crate::int8::lower::lower;
@@ -44,6 +45,9 @@ impl Op for Int8 {
         let model = lower(&graph, &params, &ranges, &arch.name, &arch.labels)
             .map_err(|e| OpError::BadInput(format!("{}: {e}", ctx.stage_id)))?;
         model.save(ctx.output("model")?).map_err(OpError::Failed)?;
+        let onnx = crate::int8::qdq::export(&graph, &params, &model)
+            .map_err(|e| OpError::BadInput(format!("{}: the QDQ export: {e}", ctx.stage_id)))?;
+        edgebuild_engine::op::write_output(ctx.output("onnx")?, &onnx)?;
         let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
         for n in &model.nodes {
             *kinds.entry(n.kernel.name()).or_default() += 1;
