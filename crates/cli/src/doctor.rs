@@ -105,6 +105,7 @@ pub fn check(
     git_state(root, &mut found);
     if let Ok(ctx) = workspace {
         profiles(ctx, &mut found);
+        device_tools(ctx, &mut found);
     }
     pointers(root, &mut found);
     match edgebuild_engine::sandbox::bubblewrap() {
@@ -429,6 +430,35 @@ fn profiles(ctx: &Context, found: &mut Vec<Finding>) {
                 Level::Fail,
                 e,
                 Some("fix the profile (SPEC.md, `report`); `edgebuild profile-host` measures this machine"),
+            )),
+        }
+    }
+}
+
+/// The C compilers and the emulator that `runtime` and `firmware` stages run (SPEC.md,
+/// "`firmware`"), checked only where a pipeline has such a stage.
+fn device_tools(ctx: &Context, found: &mut Vec<Finding>) {
+    let uses = |op: &str| {
+        ctx.ws
+            .stages
+            .iter()
+            .any(|s| matches!(&s.action, Action::Op { name, .. } if name == op))
+    };
+    let (runtime, firmware) = (uses("runtime"), uses("firmware"));
+    if !runtime && !firmware {
+        return;
+    }
+    for (tool, version, hint) in edgebuild_ml::ops::firmware::tools() {
+        if tool != "cc" && !firmware {
+            continue;
+        }
+        match version {
+            Some(v) => found.push(finding("device tools", Level::Ok, format!("{tool}: {v}"), None)),
+            None => found.push(finding(
+                "device tools",
+                Level::Fail,
+                format!("{tool} is not installed: the pipelines' runtime and firmware stages need it"),
+                Some(hint),
             )),
         }
     }

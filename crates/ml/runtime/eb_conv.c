@@ -1,9 +1,9 @@
 /*
  * eb_conv.c -- the MAC-heavy kernels: Conv2D (plain and grouped),
- * DepthwiseConv2D and FullyConnected (contract, "Kernels").
+ * DepthwiseConv2D and FullyConnected (SPEC.md, "int8 arithmetic").
  *
  * Two code paths give identical integers:
- *  - portable: the contract's formulas, literally (loops over valid taps,
+ *  - portable: the int8 arithmetic's formulas, literally (loops over valid taps,
  *    eb_requantize per output);
  *  - DSP (EB_DSP, i.e. __ARM_FEATURE_DSP or EB_EMULATE_DSP): CMSIS-NN-style.
  *    Conv: im2col of two output pixels into int16 (x - zp, padding 0) in the
@@ -13,7 +13,7 @@
  *    planes, then each channel is convolved with its weights in registers
  *    (SMLAD on tap pairs, two outputs sharing their loads).
  *    Requantization uses the exact closed forms of eb_internal.h (fast and
- *    folded) for the channels that allow them, else the contract code.
+ *    folded) for the channels that allow them, else the int8 arithmetic code.
  *    With GCC (-O1 and up) on Arm the innermost loops are inline assembly
  *    (they need all 14 allocatable registers); elsewhere the same algorithm
  *    runs as C with intrinsics.  Both are covered by the tests.
@@ -108,7 +108,7 @@ size_t eb_fully_connected_scratch_bytes(const eb_fc_params *p)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Portable paths: the contract, literally                                   */
+/* Portable paths: the int8 arithmetic, literally                                   */
 /* ------------------------------------------------------------------------ */
 
 static void eb_conv2d_portable(const eb_conv_params *p, const eb_requant *rq,

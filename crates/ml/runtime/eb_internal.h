@@ -190,7 +190,7 @@ EB_INLINE int32_t eb_pack_hi(int32_t a, int32_t b)
 /* ------------------------------------------------------------------------ */
 /* Fast exact requantization.                                                */
 /*                                                                           */
-/* For a channel with left shift 0 and right shift e >= 1, the contract's    */
+/* For a channel with left shift 0 and right shift e >= 1, the int8 arithmetic's    */
 /* RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(a, M), e) equals    */
 /*     (a*M + 2^30 + 2^(30+e) - [a < 0] * 2^31) >> (31 + e)                  */
 /* in exact 64-bit arithmetic (for M >= 0).  Derivation: SRDHM(a, M) is       */

@@ -1,13 +1,13 @@
 /*
  * eb_kernels.c -- requantization primitives and the light kernels:
  * pooling, Add, Mul, Softmax, table lookup, Concat, Transpose, Pad
- * (contract, "Numbers" and "Kernels").  One code path for every target:
+ * (SPEC.md, "int8 arithmetic").  One code path for every target:
  * these kernels are memory-bound, not MAC-bound.
  */
 #include "eb_internal.h"
 
 /* ------------------------------------------------------------------------ */
-/* Requantization (contract, "Numbers"), reference form                      */
+/* Requantization (SPEC.md, "int8 arithmetic"), reference form                      */
 /* ------------------------------------------------------------------------ */
 
 static int32_t eb_srdhm(int32_t a, int32_t b)
@@ -317,7 +317,7 @@ int eb_max_pool2d(const eb_pool_params *p, const int8_t *input, int8_t *output)
     return EB_OK;
 }
 
-/* The contract's rounding division of a tap sum by a tap count. */
+/* The int8 arithmetic's rounding division of a tap sum by a tap count. */
 EB_INLINE int32_t eb_round_div(int32_t acc, int32_t count)
 {
     return acc > 0 ? (acc + count / 2) / count : (acc - count / 2) / count;

@@ -1,8 +1,8 @@
 /*
  * eb_kernels.h -- edgebuild int8 kernel runtime (C99, freestanding).
  *
- * Every kernel implements one kernel of the edgebuild int8 contract
- * (INT8-CONTRACT.md, "Kernels") bit for bit.  Layout is NHWC, batch 1.
+ * Every kernel implements one kernel of the edgebuild int8 arithmetic
+ * (SPEC.md, "int8 arithmetic") bit for bit.  Layout is NHWC, batch 1.
  *
  * Conventions shared by all kernels:
  *  - Parameters come in a plain struct (dims, zero points, clamps), data as
@@ -12,12 +12,12 @@
  *    static arena.  Kernels without scratch still have a _scratch_bytes
  *    function (returning 0) so that the planner can treat all kernels alike.
  *  - Every kernel returns EB_OK, or EB_ERR_PARAM when the parameters are
- *    inconsistent (e.g. an output size that does not follow the contract's
+ *    inconsistent (e.g. an output size that does not follow the int8 arithmetic's
  *    formula).  Nothing is written on error.
  *  - Requantization constants (multiplier M, shift S) are TFLite
- *    QuantizeMultiplier outputs computed at build time (contract, "Numbers"):
+ *    QuantizeMultiplier outputs computed at build time (SPEC.md, "int8 arithmetic"):
  *    M in [2^30, 2^31) or M == 0, S in [-31, 30].
- *  - Integer overflow follows two's complement wrapping where the contract's
+ *  - Integer overflow follows two's complement wrapping where the int8 arithmetic's
  *    reference code would overflow (x * (1 << left), MBQM(...) + zp).  The
  *    Rust reference does the same.
  *  - Input and output buffers of one call must not overlap (except where a
@@ -61,11 +61,11 @@ typedef struct {
     int32_t n;
 } eb_requant;
 
-/* The contract's MultiplyByQuantizedMultiplier (exact reference form). */
+/* The int8 arithmetic's MultiplyByQuantizedMultiplier (exact reference form). */
 int32_t eb_mbqm(int32_t x, int32_t mult, int32_t shift);
 
 /* clamp(MBQM(acc, mult, shift) + zp, act_min, act_max) as int32 -- the
- * requantization of one accumulator, exactly as the contract states it. */
+ * requantization of one accumulator, exactly as the int8 arithmetic states it. */
 int32_t eb_requantize(int32_t acc, int32_t mult, int32_t shift, int32_t zp,
                       int32_t act_min, int32_t act_max);
 
@@ -73,7 +73,7 @@ int32_t eb_requantize(int32_t acc, int32_t mult, int32_t shift, int32_t zp,
 /* Convolutions                                                              */
 /* ------------------------------------------------------------------------ */
 
-/* Output size of one spatial dim, contract formula:
+/* Output size of one spatial dim, the formula of SPEC.md, "int8 arithmetic":
  * (in + pad0 + pad1 - dil*(k-1) - 1) / stride + 1; returns <= 0 if empty. */
 int32_t eb_conv_out_dim(int32_t in, int32_t k, int32_t stride, int32_t dil,
                         int32_t pad0, int32_t pad1);
@@ -130,7 +130,7 @@ typedef struct {
     int32_t in1_shape[EB_MAX_DIMS];
     int32_t in2_shape[EB_MAX_DIMS];
     int32_t in1_zp, in2_zp, out_zp;
-    int32_t left_shift;            /* 20 (contract)                          */
+    int32_t left_shift;            /* 20 (SPEC.md, "int8 arithmetic")                          */
     int32_t in1_mult, in1_shift;   /* m1 = s1 / (2 max(s1, s2))              */
     int32_t in2_mult, in2_shift;   /* m2 = s2 / (2 max(s1, s2))              */
     int32_t out_mult, out_shift;   /* mo = 2 max(s1,s2) / (2^20 s_out)       */

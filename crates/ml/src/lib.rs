@@ -6,9 +6,11 @@
 // Errors carry their diagnostics; they are rare, so their size is fine.
 #![allow(clippy::result_large_err)]
 
+pub mod board;
 pub mod data;
 pub mod int8;
 pub mod model;
 pub mod onnx;
 pub mod ops;
 pub mod profile;
+pub mod toolchain;

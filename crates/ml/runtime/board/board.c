@@ -1,7 +1,7 @@
 /*
  * board.c -- semihosting, instruction counter and stack scan for the QEMU
  * Cortex-M boards.  Select the board with -DEB_BOARD_AN500, -DEB_BOARD_AN386
- * or -DEB_BOARD_AN547.  Timer choice (see README "Memory maps and timers"):
+ * or -DEB_BOARD_AN547.  Timer choice (SPEC.md, "`firmware`"):
  *  - mps2-an500 / mps2-an386: CMSDK APB timer 0 at 0x40000000, clocked at
  *    the 25 MHz SYSCLK: 1 tick = 40 ns = 40 instructions at -icount shift=0.
  *  - mps3-an547: the SSE-300 has no fast CMSDK timer in QEMU (its only CMSDK

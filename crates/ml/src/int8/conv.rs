@@ -1,6 +1,6 @@
-//! Reference MAC kernels of the int8 contract: Conv2D (plain and grouped),
+//! Reference MAC kernels of SPEC.md, "int8 arithmetic": Conv2D (plain and grouped),
 //! DepthwiseConv2D and FullyConnected, over NHWC slices (batch 1).  Each is
-//! the contract's formula written literally (sum over valid taps of
+//! the int8 arithmetic's formula written literally (sum over valid taps of
 //! `w * (x - zp_in)` plus bias, then per-channel requantization and the fused
 //! clamp).  Parameter structs mirror the C runtime's `eb_conv_params` /
 //! `eb_fc_params` field for field, and the `*_scratch_bytes` functions return
@@ -62,7 +62,7 @@ impl Requant<'_> {
     }
 }
 
-/// Output size of one spatial dim (contract formula); 0 if empty/invalid.
+/// Output size of one spatial dim (the formula of SPEC.md, "int8 arithmetic"); 0 if empty/invalid.
 pub fn conv_out_dim(input: i32, k: i32, stride: i32, dil: i32, pad0: i32, pad1: i32) -> i32 {
     if input <= 0 || k <= 0 || stride <= 0 || dil <= 0 || pad0 < 0 || pad1 < 0 {
         return 0;
@@ -108,7 +108,7 @@ impl ConvParams {
         );
         if oh <= 0 || ow <= 0 || oh != self.out_h || ow != self.out_w {
             return Err(KernelError::BadParams(
-                "output size does not follow the contract formula",
+                "output size does not follow the int8 arithmetic formula",
             ));
         }
         if !act_ok(self.act_min, self.act_max) {

@@ -1,5 +1,5 @@
 //! From a float graph, its weights and the calibrated ranges to an [`Int8Model`] (SPEC.md,
-//! "int8 models"), TFLite's way: weights symmetric per output channel, activations asymmetric
+//! "`int8`"), TFLite's way: weights symmetric per output channel, activations asymmetric
 //! per tensor, int32 biases at input × weight scale, fixed-point multipliers; a ReLU or Clip
 //! that alone reads a Conv's, Gemm's or Add's output is fused into its clamp; pools, views,
 //! transposes and pads keep their input's scale and zero point; Softmax writes TFLite's fixed

@@ -1,4 +1,4 @@
-//! Full-integer int8 models (SPEC.md, "int8 models"): TFLite's int8 specification, the
+//! Full-integer int8 models (SPEC.md, "`int8`"): TFLite's int8 specification, the
 //! arithmetic of [`quant`], the reference kernels of [`conv`] and [`ops`], and the arena
 //! planner ([`planner`]).
 //!
@@ -11,6 +11,7 @@
 //! constant, the model's structure as JSON metadata.
 
 pub mod calibrate;
+pub mod codegen;
 pub mod conv;
 pub mod lower;
 pub mod ops;
@@ -414,6 +415,27 @@ impl Int8Model {
         }
     }
 
+    /// Bytes node `i` moves: the constants it reads, its inputs and its output.
+    pub fn node_bytes(&self, i: usize) -> usize {
+        let Some(node) = self.nodes.get(i) else {
+            return 0;
+        };
+        let constants: usize = self
+            .constants_of(&node.kernel)
+            .iter()
+            .filter_map(|c| self.blobs.get(*c))
+            .map(Blob::bytes)
+            .sum();
+        let tensors: usize = node
+            .inputs
+            .iter()
+            .chain(std::iter::once(&node.output))
+            .filter_map(|&t| self.tensors.get(t))
+            .map(QTensor::len)
+            .sum();
+        constants + tensors
+    }
+
     fn i8s(&self, name: &str) -> Result<&[i8], String> {
         match self.blobs.get(name) {
             Some(Blob::I8(v)) => Ok(v),
@@ -657,4 +679,10 @@ pub fn from_memory(values: &[i8], shape: &[usize], layout: Layout) -> Vec<i8> {
         }
         _ => values.to_vec(),
     }
+}
+
+/// Runs the model on every input (in parallel; the results in input order).
+pub fn run_all(model: &Int8Model, inputs: &[Vec<i8>]) -> Result<Vec<Vec<i8>>, String> {
+    use rayon::prelude::*;
+    inputs.par_iter().map(|x| model.run(x)).collect()
 }

@@ -1,4 +1,4 @@
-//! Reference light kernels of the int8 contract: Add and Mul with NumPy
+//! Reference light kernels of SPEC.md, "int8 arithmetic": Add and Mul with NumPy
 //! broadcasting (up to 4-D), MaxPool / AveragePool (both count_include_pad
 //! modes) / GlobalAveragePool, Softmax (table method), unary table lookup,
 //! Concat, Transpose and constant Pad.  Parameter structs mirror the C
@@ -97,7 +97,7 @@ pub struct AddParams {
     pub act_max: i32,
 }
 
-/// The contract's int8 Add with broadcasting.
+/// The int8 arithmetic's int8 Add with broadcasting.
 pub fn add(p: &AddParams, in1: &[i8], in2: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
     let s1 = bcast_strides(&p.in1_shape, &p.out_shape)?;
     let s2 = bcast_strides(&p.in2_shape, &p.out_shape)?;
@@ -141,7 +141,7 @@ pub struct MulParams {
     pub act_max: i32,
 }
 
-/// The contract's int8 Mul with broadcasting.
+/// The int8 arithmetic's int8 Mul with broadcasting.
 pub fn mul(p: &MulParams, in1: &[i8], in2: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
     let s1 = bcast_strides(&p.in1_shape, &p.out_shape)?;
     let s2 = bcast_strides(&p.in2_shape, &p.out_shape)?;
@@ -252,7 +252,7 @@ pub fn max_pool2d(p: &PoolParams, input: &[i8], output: &mut [i8]) -> Result<(),
     Ok(())
 }
 
-/// The contract's rounding division of a tap sum by a count.
+/// The int8 arithmetic's rounding division of a tap sum by a count.
 fn round_div(acc: i32, count: i32) -> i32 {
     if acc > 0 {
         (acc + count / 2) / count
@@ -320,7 +320,7 @@ pub fn global_avg_pool(
     Ok(())
 }
 
-/// Softmax over rows of `cols` values with the contract's table method.
+/// Softmax over rows of `cols` values with the int8 arithmetic's table method.
 pub fn softmax(
     rows: i32,
     cols: i32,

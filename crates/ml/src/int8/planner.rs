@@ -1,4 +1,4 @@
-//! Static arena planning (contract, "The arena").  Each tensor has a size in
+//! Static arena planning (SPEC.md, "`runtime`").  Each tensor has a size in
 //! bytes and a lifetime `[first, last]` in node order (inclusive); two tensors
 //! may share bytes only if their lifetimes are disjoint.  Sizes are rounded
 //! up to the alignment, so every offset is a multiple of it.

@@ -1,13 +1,13 @@
-//! Integer requantization arithmetic of the int8 contract ("Numbers") and the
+//! Integer requantization arithmetic of the int8 arithmetic (SPEC.md, "int8 arithmetic") and the
 //! build-time constant builders: `quantize_multiplier` (TFLite's
 //! QuantizeMultiplier), the fused-activation clamp range, the Add/Mul/Concat
 //! multiplier sets, the softmax exp table and the generic 256-entry unary
-//! table.  The integer functions are the contract's reference code written
+//! table.  The integer functions are the int8 arithmetic's reference code written
 //! literally; wherever that code would overflow an `i32` (`x * (1 << left)`,
 //! `MBQM(..) + zp`), the result wraps (two's complement), as in the C runtime.
 //! Table builders use `libm` so that tables are identical on every host.
 
-/// `SaturatingRoundingDoublingHighMul` of the contract.
+/// `SaturatingRoundingDoublingHighMul` of the int8 arithmetic.
 pub fn srdhm(a: i32, b: i32) -> i32 {
     if a == b && a == i32::MIN {
         return i32::MAX;
@@ -18,7 +18,7 @@ pub fn srdhm(a: i32, b: i32) -> i32 {
     ((ab + nudge) / (1i64 << 31)) as i32
 }
 
-/// `RoundingDivideByPOT` of the contract (`exponent` in 0..=31).
+/// `RoundingDivideByPOT` of the int8 arithmetic (`exponent` in 0..=31).
 pub fn rdbp(x: i32, exponent: i32) -> i32 {
     let mask = ((1i64 << exponent) - 1) as i32;
     let remainder = x & mask;
@@ -26,7 +26,7 @@ pub fn rdbp(x: i32, exponent: i32) -> i32 {
     (x >> exponent) + if remainder > threshold { 1 } else { 0 }
 }
 
-/// `MultiplyByQuantizedMultiplier(x, M, S)` of the contract.
+/// `MultiplyByQuantizedMultiplier(x, M, S)` of the int8 arithmetic.
 pub fn mbqm(x: i32, mult: i32, shift: i32) -> i32 {
     let left = if shift > 0 { shift } else { 0 };
     let right = if shift > 0 { 0 } else { -shift };
@@ -115,7 +115,7 @@ pub fn per_channel(
 }
 
 /// TFLite's `QuantizeMultiplier`: real multiplier `m` -> `(M, S)` with
-/// `m ~= M * 2^(S - 31)`, `M` in `[2^30, 2^31)` (or 0).  Exactly the contract:
+/// `m ~= M * 2^(S - 31)`, `M` in `[2^30, 2^31)` (or 0).  Exactly the int8 arithmetic:
 /// `q = frexp(m, &S); M = round(q * 2^31)` (half away from zero); `M == 2^31`
 /// -> `M /= 2, S += 1`; `S < -31` -> `(0, 0)`; `m == 0` -> `(0, 0)`.
 /// Non-finite `m` gives `(0, 0)`.
@@ -151,7 +151,7 @@ pub enum Activation {
     Clip(f64, f64),
 }
 
-/// `(act_min, act_max)` of the contract for an output with (scale, zp).
+/// `(act_min, act_max)` of the int8 arithmetic for an output with (scale, zp).
 pub fn activation_range(act: Activation, scale: f64, zp: i32) -> (i32, i32) {
     match act {
         Activation::None => (-128, 127),
@@ -170,7 +170,7 @@ pub fn conv_multipliers(s_in: f64, s_w: &[f64], s_out: f64) -> (Vec<i32>, Vec<i3
         .unzip()
 }
 
-/// The constants of the contract's Add (each multiplier as `(M, S)`).
+/// The constants of the int8 arithmetic's Add (each multiplier as `(M, S)`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AddMultipliers {
     pub left_shift: i32,
@@ -179,7 +179,7 @@ pub struct AddMultipliers {
     pub out: (i32, i32),
 }
 
-/// Multipliers of the contract's Add: `left_shift = 20`, `twice_max =
+/// Multipliers of the int8 arithmetic's Add: `left_shift = 20`, `twice_max =
 /// 2 max(s1, s2)`, `m1 = s1 / twice_max`, `m2 = s2 / twice_max`,
 /// `mo = twice_max / (2^20 s_out)`.
 pub fn add_multipliers(s1: f64, s2: f64, s_out: f64) -> AddMultipliers {
@@ -193,12 +193,12 @@ pub fn add_multipliers(s1: f64, s2: f64, s_out: f64) -> AddMultipliers {
     }
 }
 
-/// Multiplier of the contract's Mul: `m = s1 s2 / s_out`.
+/// Multiplier of the int8 arithmetic's Mul: `m = s1 s2 / s_out`.
 pub fn mul_multiplier(s1: f64, s2: f64, s_out: f64) -> (i32, i32) {
     quantize_multiplier(s1 * s2 / s_out)
 }
 
-/// Softmax table of the contract: `T[d] = round(2^24 exp(-s_in d))`.
+/// Softmax table of the int8 arithmetic: `T[d] = round(2^24 exp(-s_in d))`.
 pub fn softmax_table(s_in: f64) -> [u32; 256] {
     let mut t = [0u32; 256];
     for (d, e) in t.iter_mut().enumerate() {

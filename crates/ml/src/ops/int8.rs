@@ -23,7 +23,7 @@ impl Op for Int8 {
             stage,
             &["weights", "architecture", "ranges"],
             &[],
-            &["model"],
+            &["model", "onnx"],
         )?;
         if !stage.params.is_null() && stage.params.as_object().is_none_or(|o| !o.is_empty()) {
             return Err("params: the int8 op takes none".into());

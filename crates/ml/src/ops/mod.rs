@@ -5,6 +5,7 @@
 pub mod calibrate;
 pub mod dataset;
 pub mod evaluate;
+pub mod firmware;
 pub mod gate;
 pub mod imatrix;
 pub mod import;
@@ -14,6 +15,7 @@ pub mod package;
 pub mod prune;
 pub mod quantize;
 pub mod report;
+pub mod runtime;
 
 use std::collections::BTreeMap;
 
@@ -25,6 +27,7 @@ pub fn registry() -> OpRegistry {
         Box::new(calibrate::Calibrate),
         Box::new(dataset::Dataset),
         Box::new(evaluate::Evaluate),
+        Box::new(firmware::Firmware),
         Box::new(gate::Gate),
         Box::new(imatrix::Imatrix),
         Box::new(import::Import),
@@ -34,6 +37,7 @@ pub fn registry() -> OpRegistry {
         Box::new(prune::Prune),
         Box::new(quantize::Quantize),
         Box::new(report::Report),
+        Box::new(runtime::Runtime),
     ];
     OpRegistry::new(ops)
 }

@@ -32,6 +32,12 @@ pub struct DeviceProfile {
     pub storage_bytes: u64,
     /// RAM for activations, in bytes.
     pub ram_bytes: u64,
+    /// The emulated board a `firmware` stage runs on (SPEC.md, "`firmware`").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board: Option<String>,
+    /// The core clock, in MHz, that converts instructions to milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_mhz: Option<f64>,
     /// Where each number comes from.
     #[serde(default)]
     pub sources: BTreeMap<String, String>,

@@ -1,0 +1,283 @@
+//! The int8 pipeline of the digits model on an emulated board (SPEC.md, "`runtime`",
+//! "`firmware`"): the C runtime is bit-exact on this host and on QEMU's Cortex-M boards, the
+//! device figures are real and repeatable, the gates judge them, and bad input (tools missing,
+//! a hang, too small or non-finite calibration data, an arena over budget) is refused.
+
+mod common;
+
+use std::path::Path;
+
+use common::{REPO, Workspace, digits, stderr};
+
+fn json(ws: &Workspace, rel: &str) -> serde_json::Value {
+    serde_json::from_str(&ws.read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The digits workspace with its int8 pipeline.
+fn digits_int8() -> Workspace {
+    let ws = digits();
+    ws.write(
+        "pipelines/digits-int8.yaml",
+        &std::fs::read_to_string(Path::new(REPO).join("pipelines/digits-int8.yaml")).unwrap(),
+    );
+    ws
+}
+
+fn edit(ws: &Workspace, from: &str, to: &str) {
+    let yaml = ws.read("pipelines/digits-int8.yaml");
+    assert!(yaml.contains(from), "pipeline has `{from}`");
+    ws.pipeline("digits-int8", &yaml.replace(from, to));
+}
+
+fn assert_bad_input(ws: &Workspace, target: &str, needle: &str) {
+    let out = ws.run(&["build", target]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+}
+
+#[test]
+fn the_int8_firmware_is_bit_exact_on_the_board_and_its_figures_are_real() {
+    let ws = digits_int8();
+    let first = ws.build(&["digits-int8"], 0);
+    assert_eq!(first.with("ran").len(), 6, "{}", first.0);
+
+    let metrics = json(&ws, "out/digits-int8/metrics.json");
+    assert!(
+        metrics["top1_agreement"].as_f64().unwrap() >= 0.97,
+        "{metrics}"
+    );
+    let runtime = json(&ws, "out/digits-int8/runtime.json");
+    let host = &runtime["host"];
+    assert_eq!(host["samples"], 360, "every held-out sample: {runtime}");
+    assert_eq!(host["mismatches"], 0, "{runtime}");
+    assert_eq!(host["output_sha256"], host["reference_sha256"]);
+    let arena = runtime["arena"]["bytes"].as_u64().unwrap();
+    assert!(arena <= runtime["arena"]["tflm_greedy_bytes"].as_u64().unwrap());
+
+    let device = json(&ws, "out/digits-int8/device.json");
+    assert_eq!(device["board"], "mps2-an500");
+    assert_eq!(device["samples"], 360);
+    assert_eq!(device["mismatches"], 0, "{device}");
+    assert_eq!(device["output_sha256"], host["output_sha256"], "device = host");
+    assert_eq!(device["ram"]["arena"].as_u64().unwrap(), arena);
+    // The MLP's 19,008 MACs take real instructions: more than one per MAC on a Cortex-M7
+    // without SIMD over 8-bit lanes, and not a hundred.
+    let macs = device["macs"].as_u64().unwrap();
+    assert_eq!(macs, runtime["macs"].as_u64().unwrap());
+    let per = device["instructions"]["per_inference"].as_u64().unwrap();
+    assert!(
+        per > macs / 2 && per < 20 * macs,
+        "{per} instructions for {macs} MACs"
+    );
+    let constants = runtime["constants_bytes"].as_u64().unwrap();
+    let flash = device["flash"]["bytes"].as_u64().unwrap();
+    assert!(
+        flash > constants && flash < constants + 64 * 1024,
+        "flash {flash} holds {constants} bytes of constants and a small runtime"
+    );
+    let stack = device["ram"]["stack_peak"].as_u64().unwrap();
+    assert!(stack > 0 && stack < 8192, "stack {stack}");
+    let latency = device["latency_ms"].as_f64().unwrap();
+    assert!((latency - per as f64 / 480e3).abs() < 1e-5, "{latency}");
+
+    // The firmware is a real ELF for the board and the sources are what the runtime op wrote.
+    let elf = std::fs::read(ws.file("out/digits-int8/firmware.elf")).unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF");
+    for f in ["eb_model.c", "eb_model.h", "eb_kernels.c", "eb_kernels.h"] {
+        assert!(ws.exists(&format!("out/digits-int8/runtime/{f}")), "{f}");
+    }
+
+    // Repeated in another workspace: the same bytes (QEMU's icount makes the counts exact).
+    let again = digits_int8();
+    again.build(&["digits-int8"], 0);
+    for f in [
+        "out/digits-int8/device.json",
+        "out/digits-int8/firmware.elf",
+        "out/digits-int8/runtime.json",
+        "out/digits-int8/runtime/eb_model.c",
+        "out/digits-int8/model.qdq.onnx",
+    ] {
+        assert!(
+            std::fs::read(ws.file(f)).unwrap() == std::fs::read(again.file(f)).unwrap(),
+            "{f} differs between two builds"
+        );
+    }
+    let second = ws.build(&["digits-int8"], 0);
+    assert_eq!(second.with("up-to-date").len(), 6, "{}", second.0);
+}
+
+#[test]
+fn the_other_boards_give_the_same_outputs() {
+    let ws = digits_int8();
+    let profiles = ws.read("devices/profiles.yaml");
+    let m7 = profiles
+        .split("\n  cortex-a72:")
+        .next()
+        .unwrap()
+        .split("\n  cortex-m7:")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let extra = format!(
+        "\n  m4-test:{}\n  m55-test:{}",
+        m7.replace("board: mps2-an500", "board: mps2-an386"),
+        m7.replace("board: mps2-an500", "board: mps3-an547")
+    );
+    ws.write(
+        "devices/profiles.yaml",
+        &profiles.replacen("\nprofiles:", &format!("\nprofiles:{extra}"), 1),
+    );
+    ws.build(&["digits-int8:firmware"], 0);
+    let m7_out = json(&ws, "out/digits-int8/device.json");
+    for (profile, board, cpu) in [
+        ("m4-test", "mps2-an386", "cortex-m4"),
+        ("m55-test", "mps3-an547", "cortex-m55"),
+    ] {
+        edit(
+            &ws,
+            "params: {profile: cortex-m7}",
+            &format!("params: {{profile: {profile}}}"),
+        );
+        ws.build(&["digits-int8:firmware"], 0);
+        let d = json(&ws, "out/digits-int8/device.json");
+        assert_eq!(d["board"], board);
+        assert_eq!(d["cpu"], cpu);
+        assert_eq!(d["mismatches"], 0, "{d}");
+        assert_eq!(d["output_sha256"], m7_out["output_sha256"]);
+        assert!(d["instructions"]["per_inference"].as_u64().unwrap() > 0);
+        edit(
+            &ws,
+            &format!("params: {{profile: {profile}}}"),
+            "params: {profile: cortex-m7}",
+        );
+    }
+}
+
+#[test]
+fn a_gate_blocks_a_firmware_over_budget_and_states_the_number() {
+    let ws = digits_int8();
+    edit(
+        &ws,
+        "path: ram.bytes, max: 524288",
+        "path: ram.bytes, max: 1024",
+    );
+    let out = ws.run(&["build", "digits-int8"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let ram = json(&ws, "out/digits-int8/device.json")["ram"]["bytes"]
+        .as_u64()
+        .unwrap();
+    let text = format!("{}{}", common::stdout(&out), stderr(&out));
+    assert!(text.contains("RAM (bytes)"), "{text}");
+    assert!(text.contains(&ram.to_string()), "{ram} in {text}");
+}
+
+#[test]
+fn bad_int8_and_device_inputs_get_clear_errors() {
+    // Too few calibration samples; NaN in them.
+    let ws = digits_int8();
+    let x = candle_core::Tensor::zeros((2, 64), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
+    candle_core::Tensor::write_npz(&[("x", &x)], ws.file("examples/digits/calibration.npz"))
+        .unwrap();
+    assert_bad_input(&ws, "digits-int8:calibrate", "needs at least 4");
+    let mut v = vec![1f32; 8 * 64];
+    v[3 * 64 + 5] = f32::NAN;
+    let x = candle_core::Tensor::from_vec(v, (8, 64), &candle_core::Device::Cpu).unwrap();
+    candle_core::Tensor::write_npz(&[("x", &x)], ws.file("examples/digits/calibration.npz"))
+        .unwrap();
+    let out = ws.run(&["build", "digits-int8:calibrate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("sample 3") && stderr(&out).contains("column 5"),
+        "{}",
+        stderr(&out)
+    );
+    // A constant calibration set leaves a range degenerate.
+    let x = candle_core::Tensor::zeros((8, 64), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
+    candle_core::Tensor::write_npz(&[("x", &x)], ws.file("examples/digits/calibration.npz"))
+        .unwrap();
+    assert_bad_input(&ws, "digits-int8:calibrate", "degenerate");
+
+    // Params checked when the pipeline loads.
+    let ws = digits_int8();
+    edit(&ws, "params: {profile: cortex-m7}", "params: {profile: cortex-m7, samples: 0}");
+    let out = ws.run(&["plan", "digits-int8"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("samples must be at least 1"), "{}", stderr(&out));
+
+    // A board edgebuild does not emulate; a profile without a clock.
+    let ws = digits_int8();
+    let profiles = ws.read("devices/profiles.yaml");
+    ws.write(
+        "devices/profiles.yaml",
+        &profiles.replace("board: mps2-an500", "board: stm32-nucleo"),
+    );
+    assert_bad_input(&ws, "digits-int8:firmware", "board `stm32-nucleo` is not one");
+    ws.write(
+        "devices/profiles.yaml",
+        &profiles.replace("    clock_mhz: 480\n", ""),
+    );
+    assert_bad_input(&ws, "digits-int8:firmware", "has no clock_mhz");
+
+    // The cross-compiler and QEMU missing: exit 2 with what to install. The runtime stage is
+    // built first with the tools; then PATH holds only `cc`.
+    let ws = digits_int8();
+    ws.build(&["digits-int8:runtime"], 0);
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        which("cc").expect("a C compiler"),
+        bin.path().join("cc"),
+    )
+    .unwrap();
+    let out = ws
+        .command()
+        .env("PATH", bin.path())
+        .args(["build", "digits-int8:firmware"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("apt-get install gcc-arm-none-eabi"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!ws.exists("out/digits-int8/device.json"));
+
+    // A firmware that hangs: stopped at the timeout, the stage failed, nothing written.
+    let ws = digits_int8();
+    ws.build(&["digits-int8:runtime"], 0);
+    let model_c = ws.read("out/digits-int8/runtime/eb_model.c");
+    let hang = model_c.replace(
+        "int eb_model_invoke(void)\n{\n",
+        "int eb_model_invoke(void)\n{\n    for (;;) {\n    }\n",
+    );
+    assert_ne!(hang, model_c);
+    let yaml = ws.read("pipelines/digits-int8.yaml");
+    let yaml = yaml
+        .replace("sources: out/digits-int8/runtime\n      model", "sources: hang\n      model")
+        .replace(
+            "params: {profile: cortex-m7}",
+            "params: {profile: cortex-m7, samples: 1, timeout_s: 3}",
+        );
+    ws.pipeline("digits-int8", &yaml);
+    std::fs::create_dir_all(ws.file("hang")).unwrap();
+    for e in std::fs::read_dir(ws.file("out/digits-int8/runtime")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, ws.file("hang").join(p.file_name().unwrap())).unwrap();
+    }
+    ws.write("hang/eb_model.c", &hang);
+    let out = ws.run(&["build", "digits-int8:firmware"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no result after 3 s"), "{}", stderr(&out));
+    assert!(!ws.exists("out/digits-int8/device.json"));
+    assert!(!ws.exists("out/digits-int8/firmware.elf"));
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+    })
+}

@@ -1,0 +1,311 @@
+//! `firmware`: the runtime sources of a `runtime` stage → a firmware ELF for an emulated
+//! Cortex-M board, run in QEMU on held-out samples (SPEC.md, "`firmware`"). The op
+//! cross-compiles with arm-none-eabi-gcc, links for the board the device profile names, runs
+//! the ELF under `qemu-system-arm -icount shift=0` with semihosting, and writes `device.json`:
+//! the outputs' hash and agreement with edgebuild's own int8 evaluation, instructions per
+//! inference (from the board's timer; deterministic under icount), and flash and RAM read off
+//! the linked ELF with the measured peak stack.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::board::{self, Board};
+use crate::int8::Int8Model;
+use crate::ops::evaluate::round6;
+use crate::ops::report::{DeviceProfile, ProfilesFile};
+use crate::ops::runtime::{c_files, outputs_hash, quantized_inputs};
+use crate::toolchain::{self, RunError};
+use edgebuild_engine::op::{Op, OpContext, OpError, OpOutcome};
+
+pub struct Firmware;
+
+const CROSS_CC: &str = "arm-none-eabi-gcc";
+const QEMU: &str = "qemu-system-arm";
+/// The default limit of one QEMU run.
+const DEFAULT_TIMEOUT_S: u64 = 900;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirmwareParams {
+    /// The device profile (its `board` and `clock_mhz`).
+    profile: String,
+    /// Run only the first N held-out samples (default: all).
+    #[serde(default)]
+    samples: Option<usize>,
+    /// Seconds one QEMU run may take before it is stopped and the stage fails.
+    #[serde(default)]
+    timeout_s: Option<u64>,
+}
+
+fn parse_params(value: &serde_json::Value) -> Result<FirmwareParams, String> {
+    let p: FirmwareParams =
+        serde_json::from_value(value.clone()).map_err(|e| format!("params: {e}"))?;
+    if p.samples == Some(0) {
+        return Err("params: samples must be at least 1".into());
+    }
+    if let Some(t) = p.timeout_s
+        && !(1..=86_400).contains(&t)
+    {
+        return Err(format!(
+            "params: timeout_s must be 1 to 86400 seconds, not {t}"
+        ));
+    }
+    Ok(p)
+}
+
+/// The board a profile names (the default when it names none).
+pub fn board_of(name: &str, profile: &DeviceProfile) -> Result<&'static Board, String> {
+    let machine = profile.board.as_deref().unwrap_or(board::DEFAULT_BOARD);
+    board::find(machine).ok_or_else(|| {
+        format!(
+            "profile `{name}`: board `{machine}` is not one edgebuild emulates; boards: {}",
+            board::names().join(", ")
+        )
+    })
+}
+
+fn tool_error(what: &str, e: RunError) -> OpError {
+    match e {
+        RunError::Missing(m) => OpError::BadInput(m),
+        RunError::Timeout(_) => OpError::BadInput(format!("{what}: {e}")),
+        e => OpError::Failed(format!("{what}: {e}")),
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> OpError {
+    OpError::Failed(e.to_string())
+}
+
+impl Op for Firmware {
+    fn name(&self) -> &'static str {
+        "firmware"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn check(&self, stage: &edgebuild_engine::stage::Stage) -> Result<(), String> {
+        edgebuild_engine::op::check_ports(
+            stage,
+            &["sources", "model", "data", "profiles"],
+            &[],
+            &["elf", "device"],
+        )?;
+        parse_params(&stage.params).map(|_| ())
+    }
+
+    fn fingerprint(&self) -> std::collections::BTreeMap<String, String> {
+        [
+            ("arm-none-eabi-gcc".to_string(), toolchain::fingerprint(CROSS_CC)),
+            ("qemu-system-arm".to_string(), toolchain::fingerprint(QEMU)),
+        ]
+        .into()
+    }
+
+    fn run(&self, ctx: &OpContext) -> Result<OpOutcome, OpError> {
+        let params = parse_params(ctx.params)
+            .map_err(|e| OpError::BadInput(format!("{}: {e}", ctx.stage_id)))?;
+        let profiles = ProfilesFile::load(ctx.input("profiles")?).map_err(OpError::BadInput)?;
+        let profile = profiles.profiles.get(&params.profile).ok_or_else(|| {
+            OpError::BadInput(format!(
+                "{}: no profile `{}` in {}; it has {}",
+                ctx.stage_id,
+                params.profile,
+                ctx.input("profiles").map(|p| p.display().to_string()).unwrap_or_default(),
+                profiles.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let board = board_of(&params.profile, profile).map_err(OpError::BadInput)?;
+        let clock_mhz = profile.clock_mhz.ok_or_else(|| {
+            OpError::BadInput(format!(
+                "{}: profile `{}` has no clock_mhz, which converts instructions to milliseconds",
+                ctx.stage_id, params.profile
+            ))
+        })?;
+        let model = Int8Model::load(ctx.input("model")?).map_err(OpError::BadInput)?;
+        let inputs = quantized_inputs(&model, ctx.input("data")?, params.samples)
+            .map_err(OpError::BadInput)?;
+        let n = inputs.len();
+        let in_len = model.tensors[model.input].len();
+        let out_len = model.tensors[model.output].len();
+        let io = (n as u64) * (in_len + out_len) as u64 + 4 * (3 + 2 * n as u64);
+        if io > board.io_bytes {
+            return Err(OpError::BadInput(format!(
+                "{}: {n} samples take {io} bytes of the board's I/O memory, which holds {}; \
+                 run at most {} (params: samples)",
+                ctx.stage_id,
+                board.io_bytes,
+                (board.io_bytes - 12) / (in_len + out_len + 8) as u64
+            )));
+        }
+
+        // the build, in a scratch directory with relative paths only (no path enters the ELF)
+        let work = tempfile::tempdir().map_err(fail)?;
+        let w = work.path();
+        let sources = ctx.input("sources")?;
+        let mut units = Vec::new();
+        for f in c_files(sources).map_err(OpError::BadInput)? {
+            let name = f.file_name().expect("a file").to_owned();
+            std::fs::copy(&f, w.join(&name)).map_err(fail)?;
+            units.push(name.to_string_lossy().into_owned());
+        }
+        for entry in std::fs::read_dir(sources).map_err(fail)? {
+            let p = entry.map_err(fail)?.path();
+            if p.extension().is_some_and(|e| e == "h") {
+                std::fs::copy(&p, w.join(p.file_name().expect("a file"))).map_err(fail)?;
+            }
+        }
+        for (name, text) in board::SUPPORT_FILES {
+            std::fs::write(w.join(name), text).map_err(fail)?;
+        }
+        let mut args: Vec<String> = [
+            format!("-mcpu={}", board.cpu),
+            "-mthumb".into(),
+            "-mfloat-abi=soft".into(),
+        ]
+        .into_iter()
+        .chain(toolchain::STRICT_FLAGS.iter().map(|s| s.to_string()))
+        .chain(
+            [
+                "-O2",
+                "-ffunction-sections",
+                "-fdata-sections",
+                "-fno-common",
+                "-nostartfiles",
+                "-Wl,--gc-sections",
+                "-I.",
+            ]
+            .map(String::from),
+        )
+        .collect();
+        args.push(format!("-D{}", board.define));
+        args.push(format!("-DEB_SAMPLES={n}"));
+        args.extend(["-T".into(), board.linker_script.into()]);
+        args.extend(["-o".into(), "firmware.elf".into()]);
+        args.extend(["startup.S", "board.c", "fw_main.c"].map(String::from));
+        args.extend(units);
+        toolchain::run(CROSS_CC, &args, w, Duration::from_secs(900))
+            .map_err(|e| tool_error("the cross-compile", e))?;
+        let elf = std::fs::read(w.join("firmware.elf")).map_err(fail)?;
+        let sizes = board::elf_sizes(&elf).map_err(fail)?;
+
+        // the run
+        let input_bytes: Vec<u8> = inputs.iter().flatten().map(|&v| v as u8).collect();
+        std::fs::write(w.join("input.bin"), &input_bytes).map_err(fail)?;
+        let timeout = Duration::from_secs(params.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S));
+        let qemu_args: Vec<String> = [
+            "-machine",
+            board.machine,
+            "-cpu",
+            board.cpu,
+            "-display",
+            "none",
+            "-serial",
+            "none",
+            "-monitor",
+            "none",
+            "-semihosting-config",
+            "enable=on,target=native",
+            "-icount",
+            "shift=0",
+            "-kernel",
+            "firmware.elf",
+        ]
+        .map(String::from)
+        .to_vec();
+        toolchain::run(QEMU, &qemu_args, w, timeout)
+            .map_err(|e| tool_error(&format!("{}: the run on {}", ctx.stage_id, board.machine), e))?;
+        let outputs = std::fs::read(w.join("output.bin")).map_err(fail)?;
+        if outputs.len() != n * out_len {
+            return Err(fail(format!(
+                "the firmware wrote {} output bytes, {} expected",
+                outputs.len(),
+                n * out_len
+            )));
+        }
+        let device: Vec<Vec<i8>> = outputs
+            .chunks(out_len)
+            .map(|c| c.iter().map(|&b| b as i8).collect())
+            .collect();
+        let stats = board::parse_stats(&std::fs::read(w.join("stats.bin")).map_err(fail)?, n)
+            .map_err(fail)?;
+        let reference = crate::int8::run_all(&model, &inputs).map_err(fail)?;
+        let mismatches = (0..n).filter(|&i| device[i] != reference[i]).count();
+
+        let per = stats.instructions.iter().copied().max().unwrap_or(0);
+        let min = stats.instructions.iter().copied().min().unwrap_or(0);
+        let total: u64 = stats.instructions.iter().sum();
+        let macs: u64 = model.nodes.iter().map(|n| n.kernel.macs()).sum();
+        let roofline_s: f64 = (0..model.nodes.len())
+            .map(|i| {
+                let flops = 2.0 * model.nodes[i].kernel.macs() as f64;
+                let bytes = model.node_bytes(i) as f64;
+                (flops / (profile.peak_gflops * 1e9)).max(bytes / (profile.bandwidth_gbps * 1e9))
+            })
+            .sum();
+        let ram = sizes.data + sizes.bss + stats.stack_peak;
+        let report = serde_json::json!({
+            "board": board.machine,
+            "cpu": board.cpu,
+            "profile": params.profile,
+            "clock_mhz": clock_mhz,
+            "samples": n,
+            "output_sha256": outputs_hash(&device),
+            "host_sha256": outputs_hash(&reference),
+            "identical_to_host": mismatches == 0,
+            "mismatches": mismatches,
+            "agreement": round6((n - mismatches) as f64 / n as f64),
+            "instructions": {
+                "per_inference": per,
+                "min": min,
+                "mean": round6(total as f64 / n as f64),
+                "timer_overhead": stats.timer_overhead,
+            },
+            "macs": macs,
+            "instructions_per_mac": if macs > 0 { round6(per as f64 / macs as f64) } else { 0.0 },
+            "latency_ms": round6(per as f64 / (clock_mhz * 1e3)),
+            "latency_basis": "instructions at one per cycle of the profile's clock: an instruction is not a cycle",
+            "roofline_ms": round6(roofline_s * 1e3),
+            "flash": {
+                "text": sizes.text,
+                "rodata": sizes.rodata,
+                "data": sizes.data,
+                "bytes": sizes.flash(),
+                "storage_bytes": profile.storage_bytes,
+            },
+            "ram": {
+                "data": sizes.data,
+                "bss": sizes.bss,
+                "arena": sizes.arena,
+                "stack_peak": stats.stack_peak,
+                "bytes": ram,
+                "ram_bytes": profile.ram_bytes,
+            },
+        });
+        edgebuild_engine::op::write_output(ctx.output("elf")?, &elf)?;
+        edgebuild_engine::op::write_json(ctx.output("device")?, &report)?;
+        ctx.log(format!(
+            "{}: {per} instructions per inference ({:.3} per MAC, {:.3} ms at {clock_mhz} MHz), \
+             flash {} B, RAM {} B (arena {} B, peak stack {} B); {} of {n} outputs identical to the host",
+            board.machine,
+            if macs > 0 { per as f64 / macs as f64 } else { 0.0 },
+            per as f64 / (clock_mhz * 1e3),
+            sizes.flash(),
+            ram,
+            sizes.arena,
+            stats.stack_peak,
+            n - mismatches
+        ));
+        Ok(OpOutcome::Success)
+    }
+}
+
+/// Whether the tools of the firmware op are installed (for `doctor`).
+pub fn tools() -> Vec<(&'static str, Option<String>, &'static str)> {
+    [CROSS_CC, QEMU, "cc"]
+        .into_iter()
+        .map(|t| (t, toolchain::version_line(t), toolchain::install_hint(t)))
+        .collect()
+}
