@@ -281,3 +281,26 @@ fn which(tool: &str) -> Option<std::path::PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+#[test]
+fn a_small_arena_gives_the_same_outputs_for_more_instructions() {
+    let ws = digits_int8();
+    ws.build(&["digits-int8:firmware"], 0);
+    let fast = json(&ws, "out/digits-int8/device.json");
+    edit(
+        &ws,
+        "      report: out/digits-int8/runtime.json\n",
+        "      report: out/digits-int8/runtime.json\n    params: {arena: small}\n",
+    );
+    ws.build(&["digits-int8:firmware"], 0);
+    let small = json(&ws, "out/digits-int8/device.json");
+    let runtime = json(&ws, "out/digits-int8/runtime.json");
+    assert_eq!(runtime["arena"]["goal"], "small");
+    assert!(runtime["arena"]["nodes_without_scratch"].as_u64().unwrap() > 0);
+    let arena = |d: &serde_json::Value| d["ram"]["arena"].as_u64().unwrap();
+    let instructions = |d: &serde_json::Value| d["instructions"]["per_inference"].as_u64().unwrap();
+    assert!(arena(&small) < arena(&fast), "{small} vs {fast}");
+    assert!(instructions(&small) > instructions(&fast));
+    assert_eq!(small["mismatches"], 0, "{small}");
+    assert_eq!(small["output_sha256"], fast["output_sha256"]);
+}

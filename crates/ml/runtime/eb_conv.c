@@ -150,7 +150,6 @@ static void eb_conv2d_portable(const eb_conv_params *p, const eb_requant *rq,
     }
 }
 
-#if !EB_DSP
 static void eb_dw_portable(const eb_conv_params *p, const eb_requant *rq,
                            const int8_t *in, const int8_t *w,
                            const int32_t *bias, int8_t *out)
@@ -202,7 +201,6 @@ static void eb_fc_portable(const eb_fc_params *p, const eb_requant *rq,
         }
     }
 }
-#endif
 
 /* ------------------------------------------------------------------------ */
 /* DSP paths                                                                 */
@@ -1360,10 +1358,7 @@ int eb_conv2d(const eb_conv_params *p, const eb_requant *rq,
         return EB_ERR_PARAM;
     }
 #if EB_DSP
-    if (p->groups == 1) {
-        if (scratch == NULL) {
-            return EB_ERR_PARAM;
-        }
+    if (p->groups == 1 && scratch != NULL) {
         eb_conv2d_dsp(p, rq, input, weights, bias, output, scratch);
         return EB_OK;
     }
@@ -1383,14 +1378,13 @@ int eb_depthwise_conv2d(const eb_conv_params *p, const eb_requant *rq,
         return EB_ERR_PARAM;
     }
 #if EB_DSP
-    if (scratch == NULL) {
-        return EB_ERR_PARAM;
+    if (scratch != NULL) {
+        eb_dw_dsp(p, rq, input, weights, bias, output, scratch);
+        return EB_OK;
     }
-    eb_dw_dsp(p, rq, input, weights, bias, output, scratch);
-#else
+#endif
     (void)scratch;
     eb_dw_portable(p, rq, input, weights, bias, output);
-#endif
     return EB_OK;
 }
 
@@ -1405,13 +1399,12 @@ int eb_fully_connected(const eb_fc_params *p, const eb_requant *rq,
         return EB_ERR_PARAM;
     }
 #if EB_DSP
-    if (scratch == NULL) {
-        return EB_ERR_PARAM;
+    if (scratch != NULL) {
+        eb_fc_dsp(p, rq, input, weights, bias, output, scratch);
+        return EB_OK;
     }
-    eb_fc_dsp(p, rq, input, weights, bias, output, scratch);
-#else
+#endif
     (void)scratch;
     eb_fc_portable(p, rq, input, weights, bias, output);
-#endif
     return EB_OK;
 }

@@ -9,7 +9,9 @@
  *    pointers.  Nothing is allocated: kernels that need scratch memory take a
  *    `void *scratch` of at least `eb_<kernel>_scratch_bytes(params)` bytes,
  *    aligned to EB_SCRATCH_ALIGN.  The caller (generated code) plans it in its
- *    static arena.  Kernels without scratch still have a _scratch_bytes
+ *    static arena.  A NULL scratch selects the portable code path, which
+ *    needs none and gives the same bits (SPEC.md, "`runtime`", arena goal
+ *    `small`).  Kernels without scratch still have a _scratch_bytes
  *    function (returning 0) so that the planner can treat all kernels alike.
  *  - Every kernel returns EB_OK, or EB_ERR_PARAM when the parameters are
  *    inconsistent (e.g. an output size that does not follow the int8 arithmetic's

@@ -15,7 +15,7 @@ use std::process::Command;
 
 use edgebuild_ml::int8::Int8Model;
 use edgebuild_ml::int8::calibrate::{Method, calibrate};
-use edgebuild_ml::int8::codegen::generate;
+use edgebuild_ml::int8::codegen::{ArenaGoal, generate};
 use edgebuild_ml::int8::lower::lower;
 use edgebuild_ml::model::{Architecture, FloatWeights};
 use edgebuild_ml::onnx::{ImportOptions, import};
@@ -108,8 +108,21 @@ fn the_generated_runtime_compiles_everywhere_and_is_bit_exact_on_this_host() {
     let tmp = tempfile::tempdir().unwrap();
     for case in cases(tmp.path()) {
         let model = &case.model;
-        let generated = generate(model).unwrap();
-        assert_eq!(generated, generate(model).unwrap(), "{}: deterministic", case.name);
+        let generated = generate(model, ArenaGoal::Fast).unwrap();
+        assert_eq!(
+            generated,
+            generate(model, ArenaGoal::Fast).unwrap(),
+            "{}: deterministic",
+            case.name
+        );
+        let small = generate(model, ArenaGoal::Small).unwrap();
+        assert!(
+            small.arena.bytes <= generated.arena.bytes,
+            "{}: the small arena {} is not above the fast one {}",
+            case.name,
+            small.arena.bytes,
+            generated.arena.bytes
+        );
         assert!(
             generated.arena.bytes <= generated.arena.greedy_bytes,
             "{}: arena {} > TFLM greedy {}",

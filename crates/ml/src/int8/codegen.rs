@@ -31,6 +31,18 @@ pub const RUNTIME_FILES: &[(&str, &str)] = &[
     ("eb_conv.c", include_str!("../../runtime/eb_conv.c")),
 ];
 
+/// What the arena planner optimizes (SPEC.md, "`runtime`").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArenaGoal {
+    /// Every kernel that has a faster path with scratch memory gets its scratch.
+    #[default]
+    Fast,
+    /// A kernel whose scratch would raise the arena's peak runs its portable path instead
+    /// (the same bits, more instructions).
+    Small,
+}
+
 /// Where the arena puts each tensor and each node's scratch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArenaPlan {
@@ -40,8 +52,10 @@ pub struct ArenaPlan {
     pub greedy_bytes: usize,
     /// Offset of each model tensor (`None`: never computed or read).
     pub tensor_offsets: Vec<Option<usize>>,
-    /// Offset of each node's scratch (`None`: it needs none).
+    /// Offset of each node's scratch (`None`: it needs none, or runs without it).
     pub scratch_offsets: Vec<Option<usize>>,
+    /// Nodes that have a scratch path but run without it (goal `small`).
+    pub without_scratch: Vec<usize>,
 }
 
 /// The generated files.
@@ -67,8 +81,9 @@ fn alias_roots(model: &Int8Model) -> Vec<usize> {
 
 /// Plans the arena: tensors (a view shares its input's bytes) live from the node that writes
 /// them to the last that reads them (the input from the start, the output to the end); a
-/// node's scratch lives during that node.
-pub fn plan_arena(model: &Int8Model) -> Result<ArenaPlan, String> {
+/// node's scratch lives during that node. With [`ArenaGoal::Small`], a node's scratch is
+/// dropped wherever dropping it makes the arena smaller, largest scratch first.
+pub fn plan_arena(model: &Int8Model, goal: ArenaGoal) -> Result<ArenaPlan, String> {
     let n_nodes = model.nodes.len();
     let root = alias_roots(model);
     // lifetime per alias root
@@ -86,33 +101,58 @@ pub fn plan_arena(model: &Int8Model) -> Result<ArenaPlan, String> {
         touch(node.output, i);
     }
     touch(model.output, n_nodes.saturating_sub(1));
-    let mut lives = Vec::new();
-    let mut owners = Vec::new(); // Ok(tensor root) or Err(node index) for scratch
-    for (&t, &(first, last)) in &life {
-        lives.push(TensorLife {
-            size: model.tensors[t].len(),
-            first,
-            last,
-        });
-        owners.push(Ok(t));
-    }
-    for (i, node) in model.nodes.iter().enumerate() {
-        let s = node.kernel.scratch_bytes();
-        if s > 0 {
+    let scratch: Vec<(usize, usize)> = model
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| (i, node.kernel.scratch_bytes()))
+        .filter(|&(_, s)| s > 0)
+        .collect();
+    let bad = |e| format!("the arena cannot be planned: {e:?}");
+    // (lifetimes, owners, plan) with the scratch of the nodes in `with`
+    let plan_with = |with: &[bool]| -> Result<(Vec<TensorLife>, Vec<Result<usize, usize>>, Plan), String> {
+        let mut lives = Vec::new();
+        let mut owners = Vec::new(); // Ok(tensor root) or Err(node index) for scratch
+        for (&t, &(first, last)) in &life {
             lives.push(TensorLife {
-                size: s,
-                first: i,
-                last: i,
+                size: model.tensors[t].len(),
+                first,
+                last,
             });
-            owners.push(Err(i));
+            owners.push(Ok(t));
+        }
+        for (k, &(i, size)) in scratch.iter().enumerate() {
+            if with[k] {
+                lives.push(TensorLife {
+                    size,
+                    first: i,
+                    last: i,
+                });
+                owners.push(Err(i));
+            }
+        }
+        let plan = plan_best(&lives, ARENA_ALIGN).map_err(bad)?;
+        Ok((lives, owners, plan))
+    };
+    let mut with = vec![true; scratch.len()];
+    let (mut lives, mut owners, mut plan) = plan_with(&with)?;
+    if goal == ArenaGoal::Small {
+        let mut order: Vec<usize> = (0..scratch.len()).collect();
+        order.sort_by_key(|&k| std::cmp::Reverse(scratch[k].1));
+        for k in order {
+            with[k] = false;
+            let trial = plan_with(&with)?;
+            if trial.2.total < plan.total {
+                (lives, owners, plan) = trial;
+            } else {
+                with[k] = true;
+            }
         }
     }
-    let bad = |e| format!("the arena cannot be planned: {e:?}");
-    let Plan { offsets, total } = plan_best(&lives, ARENA_ALIGN).map_err(bad)?;
     let greedy = plan_greedy_tflm(&lives, ARENA_ALIGN).map_err(bad)?;
     let mut tensor_offsets = vec![None; model.tensors.len()];
     let mut scratch_offsets = vec![None; n_nodes];
-    for (owner, off) in owners.iter().zip(&offsets) {
+    for (owner, off) in owners.iter().zip(&plan.offsets) {
         match owner {
             Ok(t) => tensor_offsets[*t] = Some(*off),
             Err(i) => scratch_offsets[*i] = Some(*off),
@@ -124,10 +164,16 @@ pub fn plan_arena(model: &Int8Model) -> Result<ArenaPlan, String> {
         }
     }
     Ok(ArenaPlan {
-        bytes: total.max(ARENA_ALIGN),
+        bytes: plan.total.max(ARENA_ALIGN),
         greedy_bytes: greedy.total.max(ARENA_ALIGN),
         tensor_offsets,
         scratch_offsets,
+        without_scratch: scratch
+            .iter()
+            .zip(&with)
+            .filter(|(_, w)| !**w)
+            .map(|((i, _), _)| *i)
+            .collect(),
     })
 }
 
@@ -229,9 +275,9 @@ fn blob_array(out: &mut String, ident: &str, name: &str, blob: &Blob) {
 }
 
 /// The model's C header and source.
-pub fn generate(model: &Int8Model) -> Result<Generated, String> {
+pub fn generate(model: &Int8Model, goal: ArenaGoal) -> Result<Generated, String> {
     model.check()?;
-    let arena = plan_arena(model)?;
+    let arena = plan_arena(model, goal)?;
     let input = &model.tensors[model.input];
     let output = &model.tensors[model.output];
     let at = |t: usize| -> Result<String, String> {
@@ -415,10 +461,12 @@ static union {{
                     ("eb_depthwise_conv2d", "eb_depthwise_conv2d_scratch_bytes")
                 };
                 let planned = node.kernel.scratch_bytes();
-                let _ = writeln!(
-                    scratch_checks,
-                    "    if ({sf}(&{p}) > {planned}u) {{\n        return EB_ERR_PARAM;\n    }}"
-                );
+                if arena.scratch_offsets[i].is_some() {
+                    let _ = writeln!(
+                        scratch_checks,
+                        "    if ({sf}(&{p}) > {planned}u) {{\n        return EB_ERR_PARAM;\n    }}"
+                    );
+                }
                 format!(
                     "{f}(&{p}, &eb_rq{i}, {}, {}, {bias}, {y}, {scratch})",
                     x(0)?,
@@ -448,10 +496,12 @@ static union {{
                     None => "(const int32_t *)0".to_string(),
                 };
                 let planned = node.kernel.scratch_bytes();
-                let _ = writeln!(
-                    scratch_checks,
-                    "    if (eb_fully_connected_scratch_bytes(&{p}) > {planned}u) {{\n        return EB_ERR_PARAM;\n    }}"
-                );
+                if arena.scratch_offsets[i].is_some() {
+                    let _ = writeln!(
+                        scratch_checks,
+                        "    if (eb_fully_connected_scratch_bytes(&{p}) > {planned}u) {{\n        return EB_ERR_PARAM;\n    }}"
+                    );
+                }
                 format!(
                     "eb_fully_connected(&{p}, &eb_rq{i}, {}, {}, {bias}, {y}, {scratch})",
                     x(0)?,

@@ -30,6 +30,9 @@ struct RuntimeParams {
     /// Check only the first N held-out samples (default: all).
     #[serde(default)]
     samples: Option<usize>,
+    /// What the arena planner optimizes: `fast` (default) or `small`.
+    #[serde(default)]
+    arena: codegen::ArenaGoal,
 }
 
 /// A data set's samples, quantized to the int8 model's input (memory layout).
@@ -205,7 +208,10 @@ impl Op for Runtime {
     fn check(&self, stage: &edgebuild_engine::stage::Stage) -> Result<(), String> {
         edgebuild_engine::op::check_ports(stage, &["model", "data"], &[], &["sources", "report"])?;
         let p: RuntimeParams = if stage.params.is_null() {
-            RuntimeParams { samples: None }
+            RuntimeParams {
+                samples: None,
+                arena: codegen::ArenaGoal::Fast,
+            }
         } else {
             serde_json::from_value(stage.params.clone()).map_err(|e| format!("params: {e}"))?
         };
@@ -225,7 +231,7 @@ impl Op for Runtime {
     fn run(&self, ctx: &OpContext) -> Result<OpOutcome, OpError> {
         let params: RuntimeParams = edgebuild_engine::op::params(ctx)?;
         let model = Int8Model::load(ctx.input("model")?).map_err(OpError::BadInput)?;
-        let generated = codegen::generate(&model)
+        let generated = codegen::generate(&model, params.arena)
             .map_err(|e| OpError::BadInput(format!("{}: {e}", ctx.stage_id)))?;
         let inputs = quantized_inputs(&model, ctx.input("data")?, params.samples)
             .map_err(OpError::BadInput)?;
@@ -292,8 +298,10 @@ impl Op for Runtime {
             "macs": macs,
             "constants_bytes": model.constant_bytes(),
             "arena": {
+                "goal": params.arena,
                 "bytes": generated.arena.bytes,
                 "tflm_greedy_bytes": generated.arena.greedy_bytes,
+                "nodes_without_scratch": generated.arena.without_scratch.len(),
             },
             "host": {
                 "samples": inputs.len(),
