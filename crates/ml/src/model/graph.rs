@@ -967,15 +967,19 @@ fn infer(
             if kb != k {
                 return Err(format!("A {x:?} and B {ws:?} do not multiply"));
             }
-            let mut tensors = Vec::new();
-            if is_weight(1) {
-                if !g.trans_b {
-                    return Err(
-                        "a weight B must be stored transposed (transB: 1, rows of K values)".into(),
-                    );
-                }
-                tensors.push(spec(1, true, 1));
+            // B is the matmul weight (SPEC.md, "Graph models"); two activations are a MatMul.
+            if !is_weight(1) {
+                return Err(format!(
+                    "its B `{}` must be a weight (a product of two activations is a MatMul)",
+                    names[1]
+                ));
             }
+            if !g.trans_b {
+                return Err(
+                    "a weight B must be stored transposed (transB: 1, rows of K values)".into(),
+                );
+            }
+            let mut tensors = vec![spec(1, true, 1)];
             if names.len() > 2 {
                 broadcast(&[m, out], shape(2))
                     .ok()
