@@ -328,7 +328,7 @@ impl Op {
             "Relu" => nothing(Op::Relu)?,
             "Clip" => {
                 let b: Bounds = typed(value)?;
-                if !(b.min <= b.max) {
+                if b.min.is_nan() || b.max.is_nan() || b.min > b.max {
                     return Err(format!("min {} is above max {}", b.min, b.max));
                 }
                 Op::Clip {
@@ -1066,11 +1066,11 @@ fn infer(
                 return Err(format!("expects [N, C, ...], got {x:?}"));
             }
             let c = x[1];
-            for i in 1..5 {
+            for (i, name) in names.iter().enumerate().take(5).skip(1) {
                 if !is_weight(i) || shape(i) != [c] {
                     return Err(format!(
                         "its input `{}` must be a weight of shape [{c}]",
-                        names[i]
+                        name
                     ));
                 }
             }
@@ -1212,13 +1212,13 @@ fn infer(
                 return Err("normalizes across the batch (axis 0)".into());
             }
             let normalized = &x[a..];
-            for i in 1..inputs.len() {
+            for (i, name) in names.iter().enumerate().take(inputs.len()).skip(1) {
                 if !is_weight(i)
                     || broadcast(normalized, shape(i)).ok().as_deref() != Some(normalized)
                 {
                     return Err(format!(
                         "its `{}` must be a weight that broadcasts to {normalized:?}",
-                        names[i]
+                        name
                     ));
                 }
             }
@@ -1286,7 +1286,7 @@ pub fn reshape(x: &[usize], target: &[i64]) -> Result<Vec<usize>, String> {
     }
     let known = checked_product(&out)?;
     if let Some(i) = infer_at {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {x:?} to {target:?}"));
         }
         out[i] = total / known;
