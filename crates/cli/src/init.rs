@@ -1,9 +1,13 @@
-//! `edgebuild init`: a workspace for a user's own model, from a few answers.
+//! `edgebuild init`: a workspace for a user's own model, from a few answers (SPEC.md,
+//! "`edgebuild init`").
 //!
 //! It writes a pipeline with the usual stages (imatrix → quantize → evaluate → report → gates →
 //! package), the device profiles if the workspace has none, a `.gitignore` for the cache and the
 //! outputs, and a CI workflow. Non-interactive with flags (scripts, tests); it asks for what is
-//! missing when run in a terminal. It never overwrites a file unless told to.
+//! missing when run in a terminal. It never overwrites a file unless told to. With `--onnx`, the
+//! pipeline starts with the `import` stage and its params are chosen from the model ([`onnx`]).
+
+mod onnx;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -24,6 +28,26 @@ pub struct InitOptions {
     /// Name of the pipeline (the file `pipelines/NAME.yaml`, outputs under `out/NAME/`).
     #[arg(long)]
     pub name: Option<String>,
+    /// An ONNX model: the pipeline imports it (instead of --weights and --architecture).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["weights", "architecture"])]
+    pub onnx: Option<PathBuf>,
+    /// With --onnx: one sample's shape (without the batch), for an input with dynamic dimensions.
+    #[arg(
+        long,
+        value_name = "D1,D2,...",
+        value_delimiter = ',',
+        requires = "onnx"
+    )]
+    pub input_shape: Option<Vec<usize>>,
+    /// With --onnx and no data sets: the range of the synthetic inputs (default 0,1).
+    #[arg(
+        long,
+        value_name = "LO,HI",
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        requires = "onnx"
+    )]
+    pub input_range: Option<Vec<f32>>,
     /// The float weights (safetensors).
     #[arg(long, value_name = "PATH")]
     pub weights: Option<PathBuf>,
@@ -265,18 +289,12 @@ stages:
 /// relative to `start`.
 pub fn init(root: &Path, start: &Path, options: InitOptions) -> Result<Written> {
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if options.onnx.is_some() {
+        return onnx::init(root, start, options, interactive);
+    }
     let o = complete(options, interactive)?;
     let name = o.name.clone().expect("completed");
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(Error::usage(
-            format!("pipeline name `{name}` is not a file stem"),
-            Some("use letters, digits, `-` and `_`".into()),
-        ));
-    }
+    check_name(&name)?;
     let rel = |given: &Option<PathBuf>, what: &str| {
         workspace_path(root, start, given.as_deref().expect("completed"), what)
     };
@@ -296,6 +314,37 @@ pub fn init(root: &Path, start: &Path, options: InitOptions) -> Result<Written> 
             Some(format!("one of: {}", edgebuild_ml::model::TYPES.join(", "))),
         ));
     }
+    let device = o.device.clone().expect("completed");
+    let profile = device_profile(root, &device)?;
+    let yaml = pipeline_yaml(
+        &name,
+        &weights,
+        &architecture,
+        &calibration,
+        &heldout,
+        profile.ram_bytes,
+        &o,
+    );
+    write_scaffold(root, &name, yaml, o.force)
+}
+
+/// A pipeline name must be a file stem.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(Error::usage(
+            format!("pipeline name `{name}` is not a file stem"),
+            Some("use letters, digits, `-` and `_`".into()),
+        ));
+    }
+    Ok(())
+}
+
+/// The device profile `device` from the workspace's profiles (the defaults when it has none).
+fn device_profile(root: &Path, device: &str) -> Result<edgebuild_ml::ops::report::DeviceProfile> {
     let profiles_path = root.join(PROFILES_PATH);
     let profiles = if profiles_path.is_file() {
         edgebuild_ml::ops::report::ProfilesFile::load(&profiles_path)
@@ -303,9 +352,8 @@ pub fn init(root: &Path, start: &Path, options: InitOptions) -> Result<Written> 
         serde_saphyr::from_str(DEFAULT_PROFILES).map_err(|e| e.to_string())
     }
     .map_err(|e| Error::usage(format!("device profiles: {e}"), None))?;
-    let device = o.device.clone().expect("completed");
-    if !profiles.profiles.contains_key(&device) {
-        return Err(Error::usage(
+    profiles.profiles.get(device).cloned().ok_or_else(|| {
+        Error::usage(
             format!("no device profile `{device}`"),
             Some(format!(
                 "one of: {} (or add yours to {PROFILES_PATH})",
@@ -316,24 +364,17 @@ pub fn init(root: &Path, start: &Path, options: InitOptions) -> Result<Written> 
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
-        ));
-    }
+        )
+    })
+}
 
+/// Writes the pipeline `pipelines/NAME.yaml` (refused when it exists, unless `force`), the
+/// default profiles and the CI workflow (kept when they exist), and the `.gitignore` lines;
+/// every file atomically.
+fn write_scaffold(root: &Path, name: &str, yaml: String, force: bool) -> Result<Written> {
     let pipeline_file = format!("{}/{name}.yaml", edgebuild_engine::spec::PIPELINES_DIR);
     let planned = [
-        (
-            pipeline_file.clone(),
-            pipeline_yaml(
-                &name,
-                &weights,
-                &architecture,
-                &calibration,
-                &heldout,
-                profiles.profiles[&device].ram_bytes,
-                &o,
-            ),
-            true,
-        ),
+        (pipeline_file, yaml, true),
         (
             PROFILES_PATH.to_string(),
             DEFAULT_PROFILES.to_string(),
@@ -347,7 +388,7 @@ pub fn init(root: &Path, start: &Path, options: InitOptions) -> Result<Written> 
         .filter(|(path, _, replace)| *replace && root.join(path).exists())
         .map(|(path, _, _)| path.as_str())
         .collect();
-    if !existing.is_empty() && !o.force {
+    if !existing.is_empty() && !force {
         return Err(Error::usage(
             format!("{} already exist(s)", existing.join(", ")),
             Some("pass --force to overwrite, or --name for another pipeline".into()),

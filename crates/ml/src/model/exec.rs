@@ -122,6 +122,9 @@ pub trait Params<F: Real>: Sync {
 }
 
 /// Sees every row a matmul weight multiplies: `(weight, group, rows)` with `rows` `[m, k]`.
+pub type ObserveFn<'o, F> = dyn FnMut(&str, usize, &[F], usize) + 'o;
+
+/// An [`ObserveFn`] as a forward pass takes it.
 pub type Observer<'a, F> = &'a mut dyn FnMut(&str, usize, &[F], usize);
 
 /// `x · Wᵀ` with a fixed summation order: every sum in index order, no fused multiply-add.
@@ -278,7 +281,7 @@ fn run_node<'o, F: Real>(
     node: &Node,
     params: &dyn Params<F>,
     live: &std::collections::BTreeMap<&str, Tensor<F>>,
-    observe: Option<&mut (dyn FnMut(&str, usize, &[F], usize) + 'o)>,
+    observe: Option<&mut ObserveFn<'o, F>>,
 ) -> Result<Tensor<F>, String> {
     let x = live
         .get(node.inputs[0].as_str())
@@ -807,7 +810,7 @@ fn conv2d<'o, F: Real>(
     bias: Option<&[F]>,
     c: &super::graph::Conv,
     params: &dyn Params<F>,
-    observe: Option<&mut (dyn FnMut(&str, usize, &[F], usize) + 'o)>,
+    observe: Option<&mut ObserveFn<'o, F>>,
 ) -> Result<Tensor<F>, String> {
     let (n, cin, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let (cout, cpg, kh, kw) = (wshape[0], wshape[1], wshape[2], wshape[3]);
@@ -975,7 +978,7 @@ mod tests {
             let iy = ky as isize - 1;
             for kx in 0..3 {
                 let ix = (kx * 2) as isize; // pad left 0, dilation 2
-                if iy >= 0 && iy < 5 && ix < 6 {
+                if (0..5).contains(&iy) && ix < 6 {
                     acc += xv[30 + iy as usize * 6 + ix as usize] * wv[27 + ky * 3 + kx];
                 }
             }

@@ -328,7 +328,7 @@ impl Op {
             "Relu" => nothing(Op::Relu)?,
             "Clip" => {
                 let b: Bounds = typed(value)?;
-                if !(b.min <= b.max) {
+                if b.min.is_nan() || b.max.is_nan() || b.min > b.max {
                     return Err(format!("min {} is above max {}", b.min, b.max));
                 }
                 Op::Clip {
@@ -967,15 +967,19 @@ fn infer(
             if kb != k {
                 return Err(format!("A {x:?} and B {ws:?} do not multiply"));
             }
-            let mut tensors = Vec::new();
-            if is_weight(1) {
-                if !g.trans_b {
-                    return Err(
-                        "a weight B must be stored transposed (transB: 1, rows of K values)".into(),
-                    );
-                }
-                tensors.push(spec(1, true, 1));
+            // B is the matmul weight (SPEC.md, "Graph models"); two activations are a MatMul.
+            if !is_weight(1) {
+                return Err(format!(
+                    "its B `{}` must be a weight (a product of two activations is a MatMul)",
+                    names[1]
+                ));
             }
+            if !g.trans_b {
+                return Err(
+                    "a weight B must be stored transposed (transB: 1, rows of K values)".into(),
+                );
+            }
+            let mut tensors = vec![spec(1, true, 1)];
             if names.len() > 2 {
                 broadcast(&[m, out], shape(2))
                     .ok()
@@ -1062,11 +1066,11 @@ fn infer(
                 return Err(format!("expects [N, C, ...], got {x:?}"));
             }
             let c = x[1];
-            for i in 1..5 {
+            for (i, name) in names.iter().enumerate().take(5).skip(1) {
                 if !is_weight(i) || shape(i) != [c] {
                     return Err(format!(
                         "its input `{}` must be a weight of shape [{c}]",
-                        names[i]
+                        name
                     ));
                 }
             }
@@ -1208,13 +1212,13 @@ fn infer(
                 return Err("normalizes across the batch (axis 0)".into());
             }
             let normalized = &x[a..];
-            for i in 1..inputs.len() {
+            for (i, name) in names.iter().enumerate().take(inputs.len()).skip(1) {
                 if !is_weight(i)
                     || broadcast(normalized, shape(i)).ok().as_deref() != Some(normalized)
                 {
                     return Err(format!(
                         "its `{}` must be a weight that broadcasts to {normalized:?}",
-                        names[i]
+                        name
                     ));
                 }
             }
@@ -1282,7 +1286,7 @@ pub fn reshape(x: &[usize], target: &[i64]) -> Result<Vec<usize>, String> {
     }
     let known = checked_product(&out)?;
     if let Some(i) = infer_at {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {x:?} to {target:?}"));
         }
         out[i] = total / known;

@@ -543,7 +543,7 @@ impl Converter {
     }
 
     /// An optional input (`""` or missing means absent).
-    fn optional<'a>(node: &'a proto::NodeProto, i: usize) -> Option<&'a str> {
+    fn optional(node: &proto::NodeProto, i: usize) -> Option<&str> {
         node.input
             .get(i)
             .map(String::as_str)
@@ -564,13 +564,13 @@ impl Converter {
             .iter()
             .filter(|i| !i.is_empty())
             .all(|i| self.consts.contains_key(i));
-        if op == "Constant" || (all_const && !node.input.is_empty()) || op == "Shape" {
-            if let Some(value) = self.fold(node)? {
-                self.folded
-                    .push(serde_json::json!({"node": node.name(), "op": op}));
-                self.consts.insert(out, value);
-                return Ok(());
-            }
+        if (op == "Constant" || (all_const && !node.input.is_empty()) || op == "Shape")
+            && let Some(value) = self.fold(node)?
+        {
+            self.folded
+                .push(serde_json::json!({"node": node.name(), "op": op}));
+            self.consts.insert(out, value);
+            return Ok(());
         }
         match op {
             "Identity" | "Dropout" => {
