@@ -160,34 +160,40 @@ impl Op for Firmware {
         for (name, text) in board::SUPPORT_FILES {
             std::fs::write(w.join(name), text).map_err(fail)?;
         }
-        let mut args: Vec<String> = [
+        // each unit to its own object (a one-step build names objects after temporary files,
+        // and those names would enter the ELF), then one link
+        let common: Vec<String> = [
             format!("-mcpu={}", board.cpu),
             "-mthumb".into(),
             "-mfloat-abi=soft".into(),
         ]
         .into_iter()
         .chain(toolchain::STRICT_FLAGS.iter().map(|s| s.to_string()))
-        .chain(
-            [
-                "-O2",
-                "-ffunction-sections",
-                "-fdata-sections",
-                "-fno-common",
-                "-nostartfiles",
-                "-Wl,--gc-sections",
-                "-I.",
-            ]
-            .map(String::from),
-        )
+        .chain(["-O2", "-ffunction-sections", "-fdata-sections", "-fno-common", "-I."].map(String::from))
+        .chain([format!("-D{}", board.define), format!("-DEB_SAMPLES={n}")])
         .collect();
-        args.push(format!("-D{}", board.define));
-        args.push(format!("-DEB_SAMPLES={n}"));
-        args.extend(["-T".into(), board.linker_script.into()]);
+        let mut objects = Vec::new();
+        for unit in ["startup.S", "board.c", "fw_main.c"]
+            .map(String::from)
+            .into_iter()
+            .chain(units)
+        {
+            let obj = format!("{}.o", unit.rsplit_once('.').map_or(unit.as_str(), |(s, _)| s));
+            let mut args = common.clone();
+            args.extend(["-c".into(), unit.clone(), "-o".into(), obj.clone()]);
+            toolchain::run(CROSS_CC, &args, w, Duration::from_secs(900))
+                .map_err(|e| tool_error(&format!("the cross-compile of {unit}"), e))?;
+            objects.push(obj);
+        }
+        let mut args = common;
+        args.extend(
+            ["-nostartfiles", "-Wl,--gc-sections", "-Wl,--strip-debug", "-T"].map(String::from),
+        );
+        args.push(board.linker_script.into());
         args.extend(["-o".into(), "firmware.elf".into()]);
-        args.extend(["startup.S", "board.c", "fw_main.c"].map(String::from));
-        args.extend(units);
+        args.extend(objects);
         toolchain::run(CROSS_CC, &args, w, Duration::from_secs(900))
-            .map_err(|e| tool_error("the cross-compile", e))?;
+            .map_err(|e| tool_error("the link", e))?;
         let elf = std::fs::read(w.join("firmware.elf")).map_err(fail)?;
         let sizes = board::elf_sizes(&elf).map_err(fail)?;
 
