@@ -177,6 +177,27 @@ impl FloatWeights {
                 ));
             }
             let tensor = tensor.to_dtype(DType::F32).map_err(|e| e.to_string())?;
+            // A NaN or infinite weight would be quantized, cached and shipped (SPEC.md,
+            // "Models"): refused, naming the tensor and the element.
+            let values = tensor
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| e.to_string())?;
+            if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+                let mut index = Vec::new();
+                let mut rest = at;
+                for &dim in spec.shape.iter().rev() {
+                    index.push(rest % dim.max(1));
+                    rest /= dim.max(1);
+                }
+                index.reverse();
+                return Err(format!(
+                    "{}: tensor `{}` element {index:?} is {}: weights must be finite numbers",
+                    path.display(),
+                    spec.name,
+                    values[at]
+                ));
+            }
             tensors.insert(spec.name, tensor);
         }
         let mut extra: Vec<&String> = raw
