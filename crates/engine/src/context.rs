@@ -79,6 +79,8 @@ fn check_cache_overlap(ws: &Workspace, cache_dir: &Path) -> Result<(), crate::sp
     for stage in &ws.stages {
         for port in &stage.outputs {
             let overlaps = match cache.strip_prefix(&root) {
+                // The workspace root itself: the cache would hold every output.
+                Ok(rel) if rel.as_os_str().is_empty() => true,
                 Ok(rel) => rel
                     .to_str()
                     .is_some_and(|rel| crate::spec::paths_overlap(rel, &port.path)),

@@ -29,13 +29,19 @@ impl PathGuard {
     pub fn new(root: &Path, cache_dir: &Path, stages: &[Stage]) -> PathGuard {
         let canonical_root = resolve(root);
         let mut protected = vec![
-            (canonical_root.join(PIPELINES_DIR), "pipelines/ (pipeline and lock files)".to_string()),
+            (
+                canonical_root.join(PIPELINES_DIR),
+                "pipelines/ (pipeline and lock files)".to_string(),
+            ),
             (canonical_root.join(".git"), ".git/".to_string()),
             (
                 canonical_root.join(STATE_DIR),
                 ".edgebuild/ (the workspace lock, the stat cache and the parse cache)".to_string(),
             ),
-            (canonical_root.join(crate::layout::CACHE_DIR), "cache/".to_string()),
+            (
+                canonical_root.join(crate::layout::CACHE_DIR),
+                "cache/".to_string(),
+            ),
         ];
         let cache = resolve(cache_dir);
         if !protected.iter().any(|(p, _)| *p == cache) {
@@ -85,7 +91,9 @@ impl PathGuard {
                 return Err(format!("lies in {what}, which belongs to edgebuild or git"));
             }
             if dir.starts_with(resolved) {
-                return Err(format!("contains {what}, which belongs to edgebuild or git"));
+                return Err(format!(
+                    "contains {what}, which belongs to edgebuild or git"
+                ));
             }
         }
         let Some((rel, stage)) = inside else {

@@ -13,8 +13,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::files::copy_tree;
 use crate::exec::{ExecFailure, ExecSuccess, Executor, Job, LocalExecutor, run_shell};
+use crate::files::copy_tree;
 use crate::op::OpRegistry;
 use crate::spec::Action;
 use std::sync::Arc;

@@ -62,14 +62,18 @@ pub enum FleetError {
     #[error("{path} is not a usable fleet database: {message}")]
     #[diagnostic(
         code(edgebuild::fleet::bad_database),
-        help("it is corrupt or not a fleet database: restore it from a backup, or make a new one with `edgebuild fleet init`")
+        help(
+            "it is corrupt or not a fleet database: restore it from a backup, or make a new one with `edgebuild fleet init`"
+        )
     )]
     BadDatabase { path: String, message: String },
 
     #[error("the rollout controller stopped: {0}")]
     #[diagnostic(
         code(edgebuild::fleet::controller),
-        help("the server stops with its controller, so that rollouts are never left unwatched; restart it (rollouts resume from the database)")
+        help(
+            "the server stops with its controller, so that rollouts are never left unwatched; restart it (rollouts resume from the database)"
+        )
     )]
     ControllerDied(String),
 

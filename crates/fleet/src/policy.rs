@@ -209,7 +209,10 @@ mod tests {
     #[test]
     fn a_diagnostic_on_a_long_line_is_elided() {
         let long = "x".repeat(70_000);
-        let text = GOOD.replace("max_confidence_drop: 0.02", &format!("max_confidence_drop: 0.02\nnote: \"{long}\", bogus: 1"));
+        let text = GOOD.replace(
+            "max_confidence_drop: 0.02",
+            &format!("max_confidence_drop: 0.02\nnote: \"{long}\", bogus: 1"),
+        );
         let err = parse("p.yaml", &text).unwrap_err();
         let mut out = String::new();
         miette::GraphicalReportHandler::new()

@@ -182,10 +182,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/artifacts/{sha256}", get(artifact))
         .route_layer(layer(Needs::Either));
     let admin = Router::new()
-        .route(
-            "/v1/admin/artifacts/{sha256}",
-            put(upload_artifact),
-        )
+        .route("/v1/admin/artifacts/{sha256}", put(upload_artifact))
         .route("/v1/admin/devices", post(enroll))
         .route("/v1/admin/devices/{id}", delete(revoke))
         .route("/v1/admin/rollouts", post(start).get(list))
@@ -297,7 +294,9 @@ async fn upload_artifact(
     use sha2::Digest as _;
     use std::io::{Seek, Write};
     if Digest::parse(&sha256).is_none() {
-        return Err(bad_request("an artifact is named by its SHA-256 (64 hex digits)"));
+        return Err(bad_request(
+            "an artifact is named by its SHA-256 (64 hex digits)",
+        ));
     }
     let internal = |e: std::io::Error| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     let mut file = tempfile::tempfile().map_err(internal)?;
@@ -306,7 +305,9 @@ async fn upload_artifact(
     let mut body = std::pin::pin!(body);
     while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
         let frame = frame.map_err(|e| bad_request(format!("cannot read the body: {e}")))?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         len += data.len() as u64;
         if len > MAX_ARTIFACT_BYTES {
             return Err(ApiError(
@@ -321,7 +322,10 @@ async fn upload_artifact(
         return Err(bad_request("the artifact's bytes do not hash to its name"));
     }
     file.rewind().map_err(internal)?;
-    blocking(&state, move |store| store.put_blob_from(&sha256, &mut file, len)).await?;
+    blocking(&state, move |store| {
+        store.put_blob_from(&sha256, &mut file, len)
+    })
+    .await?;
     Ok(StatusCode::CREATED.into_response())
 }
 
@@ -642,7 +646,10 @@ pub fn serve_with(
     tick_fn: TickFn,
 ) -> Result<(), FleetError> {
     if tick.is_zero() {
-        return Err(FleetError::Usage("the controller's tick must be at least 1ms".into(), None));
+        return Err(FleetError::Usage(
+            "the controller's tick must be at least 1ms".into(),
+            None,
+        ));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -370,7 +370,11 @@ impl FleetStore for SqliteStore {
         self.with(|c| {
             let tx = c.transaction()?;
             let exists = tx
-                .query_row("SELECT 1 FROM blobs WHERE sha256 = ?1", params![sha256], |_| Ok(()))
+                .query_row(
+                    "SELECT 1 FROM blobs WHERE sha256 = ?1",
+                    params![sha256],
+                    |_| Ok(()),
+                )
                 .optional()?
                 .is_some();
             if !exists {

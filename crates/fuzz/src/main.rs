@@ -125,10 +125,12 @@ impl Env {
         std::fs::create_dir_all(dir.path().join("ws/pipelines")).unwrap();
         std::fs::create_dir_all(dir.path().join("ws/data")).unwrap();
         std::fs::write(dir.path().join("ws/data/src.txt"), "source\n").unwrap();
-        let digits = edgebuild_ml::model::Architecture::load(&repo().join("examples/digits/mlp.yaml"))
-            .expect("the digits architecture loads");
-        let store = edgebuild_fleet::store::SqliteStore::open(&dir.path().join("fleet.sqlite"), true)
-            .expect("a fleet database");
+        let digits =
+            edgebuild_ml::model::Architecture::load(&repo().join("examples/digits/mlp.yaml"))
+                .expect("the digits architecture loads");
+        let store =
+            edgebuild_fleet::store::SqliteStore::open(&dir.path().join("fleet.sqlite"), true)
+                .expect("a fleet database");
         use edgebuild_fleet::store::FleetStore;
         let admin = store.init_admin().expect("an admin token");
         let device = store
@@ -248,7 +250,9 @@ fn stat_cache(env: &Env, bytes: &[u8]) -> Verdict {
     let path = env.file("stat-cache.json", bytes);
     let cache = edgebuild_engine::hash::StatCache::load(&path);
     // A lookup through whatever was loaded: the file's hash must be today's.
-    let hashed = cache.path(&env.ws(), "data/src.txt").map_err(|e| e.to_string())?;
+    let hashed = cache
+        .path(&env.ws(), "data/src.txt")
+        .map_err(|e| e.to_string())?;
     if hashed.hash != edgebuild_engine::hash::Digest::of_bytes(b"source\n") {
         return Err("a stat cache entry was trusted over the file".into());
     }
@@ -337,37 +341,170 @@ struct Target {
 }
 
 const YAML: &[&[u8]] = &[
-    b"&a ", b"*a", b"<<: *a", b"{", b"}", b"[", b"]", b": ", b"- ", b"\n", b"\n  ", b"..", b"../",
-    b"/", b"${", b"${params.", b"${inputs.0}", b"$${", b"'", b"\"", b"#", b"!!binary ", b"!!str ",
-    b"18446744073709551616", b"-9223372036854775809", b"1e999", b".nan", b".inf", b"-1", b"0",
-    b"stages:", b"op: ", b"cmd: ", b"inputs: ", b"outputs: ", b"params: ", b"after: ", b"volatile: true",
-    b"version: 1", b"---\n", b"pipelines/", b".git/", b"cache/", b"\t", b"\xff", b"\xc3",
+    b"&a ",
+    b"*a",
+    b"<<: *a",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b": ",
+    b"- ",
+    b"\n",
+    b"\n  ",
+    b"..",
+    b"../",
+    b"/",
+    b"${",
+    b"${params.",
+    b"${inputs.0}",
+    b"$${",
+    b"'",
+    b"\"",
+    b"#",
+    b"!!binary ",
+    b"!!str ",
+    b"18446744073709551616",
+    b"-9223372036854775809",
+    b"1e999",
+    b".nan",
+    b".inf",
+    b"-1",
+    b"0",
+    b"stages:",
+    b"op: ",
+    b"cmd: ",
+    b"inputs: ",
+    b"outputs: ",
+    b"params: ",
+    b"after: ",
+    b"volatile: true",
+    b"version: 1",
+    b"---\n",
+    b"pipelines/",
+    b".git/",
+    b"cache/",
+    b"\t",
+    b"\xff",
+    b"\xc3",
 ];
 const JSON: &[&[u8]] = &[
-    b"{", b"}", b"[", b"]", b":", b",", b"\"", b"null", b"true", b"1e999", b"-1",
-    b"18446744073709551616", b"\"hash\"", b"\"key\"", b"\"volatile\": true", b"\\u0000", b"0000000000000000000000000000000000000000000000000000000000000000",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b":",
+    b",",
+    b"\"",
+    b"null",
+    b"true",
+    b"1e999",
+    b"-1",
+    b"18446744073709551616",
+    b"\"hash\"",
+    b"\"key\"",
+    b"\"volatile\": true",
+    b"\\u0000",
+    b"0000000000000000000000000000000000000000000000000000000000000000",
 ];
 const BINARY: &[&[u8]] = &[
-    b"\x00", b"\xff", b"\xff\xff\xff\xff", b"\xff\xff\xff\xff\xff\xff\xff\xff", b"\x00\x00\x00\x80",
-    b"\xff\xff\xff\x7f", b"\x01\x00\x00\x00\x00\x00\x00\x00", b"PK\x03\x04", b"\x93NUMPY", b"GGUF",
-    b"'shape': (", b"'descr': '<f4'", b"NaN", b"\x00\x00\xc0\x7f",
+    b"\x00",
+    b"\xff",
+    b"\xff\xff\xff\xff",
+    b"\xff\xff\xff\xff\xff\xff\xff\xff",
+    b"\x00\x00\x00\x80",
+    b"\xff\xff\xff\x7f",
+    b"\x01\x00\x00\x00\x00\x00\x00\x00",
+    b"PK\x03\x04",
+    b"\x93NUMPY",
+    b"GGUF",
+    b"'shape': (",
+    b"'descr': '<f4'",
+    b"NaN",
+    b"\x00\x00\xc0\x7f",
 ];
-const CSV: &[&[u8]] = &[b",", b"\n", b"y", b"label", b"nan", b"inf", b"-1", b"1.5", b"1e999", b"\r\n", b" ", b"\"", b"18446744073709551616"];
+const CSV: &[&[u8]] = &[
+    b",",
+    b"\n",
+    b"y",
+    b"label",
+    b"nan",
+    b"inf",
+    b"-1",
+    b"1.5",
+    b"1e999",
+    b"\r\n",
+    b" ",
+    b"\"",
+    b"18446744073709551616",
+];
 
 const TARGETS: &[Target] = &[
-    Target { name: "pipeline", run: pipeline, dict: YAML },
-    Target { name: "architecture", run: architecture, dict: YAML },
-    Target { name: "graph", run: architecture, dict: YAML },
-    Target { name: "npz", run: |e, b| dataset(e, b, "npz"), dict: BINARY },
-    Target { name: "csv", run: |e, b| dataset(e, b, "csv"), dict: CSV },
-    Target { name: "safetensors", run: safetensors, dict: BINARY },
-    Target { name: "gguf", run: gguf, dict: BINARY },
-    Target { name: "onnx", run: onnx, dict: BINARY },
-    Target { name: "lock", run: lock, dict: JSON },
-    Target { name: "stat-cache", run: stat_cache, dict: JSON },
-    Target { name: "parse-cache", run: parse_cache, dict: JSON },
-    Target { name: "policy", run: policy, dict: YAML },
-    Target { name: "fleet-body", run: fleet_body, dict: JSON },
+    Target {
+        name: "pipeline",
+        run: pipeline,
+        dict: YAML,
+    },
+    Target {
+        name: "architecture",
+        run: architecture,
+        dict: YAML,
+    },
+    Target {
+        name: "graph",
+        run: architecture,
+        dict: YAML,
+    },
+    Target {
+        name: "npz",
+        run: |e, b| dataset(e, b, "npz"),
+        dict: BINARY,
+    },
+    Target {
+        name: "csv",
+        run: |e, b| dataset(e, b, "csv"),
+        dict: CSV,
+    },
+    Target {
+        name: "safetensors",
+        run: safetensors,
+        dict: BINARY,
+    },
+    Target {
+        name: "gguf",
+        run: gguf,
+        dict: BINARY,
+    },
+    Target {
+        name: "onnx",
+        run: onnx,
+        dict: BINARY,
+    },
+    Target {
+        name: "lock",
+        run: lock,
+        dict: JSON,
+    },
+    Target {
+        name: "stat-cache",
+        run: stat_cache,
+        dict: JSON,
+    },
+    Target {
+        name: "parse-cache",
+        run: parse_cache,
+        dict: JSON,
+    },
+    Target {
+        name: "policy",
+        run: policy,
+        dict: YAML,
+    },
+    Target {
+        name: "fleet-body",
+        run: fleet_body,
+        dict: JSON,
+    },
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -489,7 +626,8 @@ fn run_one(env: &Env, target: &Target, input: &[u8]) -> Result<(), String> {
         BOUND_BASE.saturating_add(BOUND_FACTOR.saturating_mul(input.len())),
         Ordering::Relaxed,
     );
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (target.run)(env, input)));
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (target.run)(env, input)));
     LIMIT.store(usize::MAX, Ordering::Relaxed);
     match outcome {
         Ok(verdict) => verdict,
@@ -511,7 +649,12 @@ fn main() -> std::process::ExitCode {
     let mut replay = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--seconds" => seconds = args.next().and_then(|s| s.parse().ok()).expect("--seconds N"),
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("--seconds N")
+            }
             "--seed" => seed = args.next().and_then(|s| s.parse().ok()).expect("--seed N"),
             "--replay" => replay = Some(PathBuf::from(args.next().expect("--replay FILE"))),
             "--list" => {
@@ -525,7 +668,14 @@ fn main() -> std::process::ExitCode {
     }
     for name in &names {
         if !TARGETS.iter().any(|t| t.name == name) {
-            eprintln!("unknown target `{name}`; targets: {}", TARGETS.iter().map(|t| t.name).collect::<Vec<_>>().join(", "));
+            eprintln!(
+                "unknown target `{name}`; targets: {}",
+                TARGETS
+                    .iter()
+                    .map(|t| t.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             return std::process::ExitCode::from(2);
         }
     }
@@ -536,7 +686,10 @@ fn main() -> std::process::ExitCode {
     // Stage ops may read these; a fuzz run must not depend on the caller's environment.
     let env = Env::new();
     if let Some(file) = replay {
-        let target = TARGETS.iter().find(|t| Some(t.name) == names.first().map(String::as_str)).expect("--replay FILE TARGET");
+        let target = TARGETS
+            .iter()
+            .find(|t| Some(t.name) == names.first().map(String::as_str))
+            .expect("--replay FILE TARGET");
         let input = std::fs::read(&file).expect("the input to replay");
         return match run_one(&env, target, &input) {
             Ok(()) => {
@@ -569,14 +722,22 @@ fn main() -> std::process::ExitCode {
         // Every seed as it is first, then mutations until the time is up.
         let mut pending: Vec<Vec<u8>> = seeds.clone();
         while Instant::now() < deadline {
-            let input = pending.pop().unwrap_or_else(|| mutate(&mut rng, &seeds, target.dict));
+            let input = pending
+                .pop()
+                .unwrap_or_else(|| mutate(&mut rng, &seeds, target.dict));
             runs += 1;
             if let Err(why) = run_one(&env, target, &input) {
                 target_failures += 1;
                 let saved = failures_dir().join(format!("{}-{runs}.bin", target.name));
                 let _ = std::fs::write(&saved, &input);
                 let why: String = why.chars().take(2000).collect();
-                eprintln!("{}: FAIL: {why}\n  input saved to {} (replay: edgebuild-fuzz --replay {} {})", target.name, saved.display(), saved.display(), target.name);
+                eprintln!(
+                    "{}: FAIL: {why}\n  input saved to {} (replay: edgebuild-fuzz --replay {} {})",
+                    target.name,
+                    saved.display(),
+                    saved.display(),
+                    target.name
+                );
                 if target_failures >= 5 {
                     break;
                 }

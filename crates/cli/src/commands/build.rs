@@ -72,7 +72,10 @@ fn parse_jobs(text: &str) -> std::result::Result<usize, String> {
 
 /// How the reports edgebuild writes begin: a file that holds anything else is not edgebuild's
 /// to overwrite.
-const REPORT_MARKERS: &[&str] = &["<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"edgebuild\"", "### edgebuild build: "];
+const REPORT_MARKERS: &[&str] = &[
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"edgebuild\"",
+    "### edgebuild build: ",
+];
 
 /// A report file may be written where the path guard allows (never in `pipelines/`, `.git/`,
 /// the cache or a stage's output), outside the workspace only into a directory that exists, and
@@ -103,10 +106,7 @@ fn check_report_path(ctx: &Context, flag: &str, file: &std::path::Path) -> Resul
         );
     }
     match std::fs::symlink_metadata(file) {
-        Ok(meta) if meta.is_dir() => refuse(
-            "is a directory".into(),
-            "name a file",
-        ),
+        Ok(meta) if meta.is_dir() => refuse("is a directory".into(), "name a file"),
         Ok(meta) if meta.len() > 0 => {
             let mut head = vec![0u8; 128];
             let n = std::fs::File::open(file)
@@ -117,7 +117,8 @@ fn check_report_path(ctx: &Context, flag: &str, file: &std::path::Path) -> Resul
                 Ok(())
             } else {
                 refuse(
-                    "the file exists and is not a report edgebuild wrote: refusing to overwrite it".into(),
+                    "the file exists and is not a report edgebuild wrote: refusing to overwrite it"
+                        .into(),
                     "remove it, or name a new file (an empty file, such as $GITHUB_STEP_SUMMARY, is fine)",
                 )
             }

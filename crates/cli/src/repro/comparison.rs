@@ -235,7 +235,12 @@ pub fn compare(input: &CompareInput) -> Comparison {
                         (Some(_), None) => Verdict::Missing,
                         (None, _) => Verdict::Unexpected,
                     };
-                    rows.push(row(path, eo.and_then(|o| o.hash), ro.and_then(|o| o.hash), verdict));
+                    rows.push(row(
+                        path,
+                        eo.and_then(|o| o.hash),
+                        ro.and_then(|o| o.hash),
+                        verdict,
+                    ));
                 }
                 let differs = rows.iter().any(|r| !r.verdict.ok()) || e.gate != r.gate;
                 if r.gate == Some(GateVerdict::Failed) && e.gate == r.gate {

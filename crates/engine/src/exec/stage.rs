@@ -291,7 +291,10 @@ fn run(
             .map_err(str::to_string)
             .and_then(|_| ctx.guard().output(&port.path, &spec.id));
         if let Err(why) = checked {
-            result.error = Some(format!("refusing to replace output {}: it {why}", port.path));
+            result.error = Some(format!(
+                "refusing to replace output {}: it {why}",
+                port.path
+            ));
             result.bad_input = true;
             return None;
         }
@@ -349,7 +352,12 @@ impl Aside {
         Ok(aside)
     }
 
-    fn move_one(&mut self, ctx: &Context, rel: &str, path: &std::path::Path) -> std::io::Result<()> {
+    fn move_one(
+        &mut self,
+        ctx: &Context,
+        rel: &str,
+        path: &std::path::Path,
+    ) -> std::io::Result<()> {
         if self.dir.is_none() {
             let base = ctx.root().join(crate::layout::STATE_DIR).join("aside");
             std::fs::create_dir_all(&base)?;
@@ -369,7 +377,8 @@ impl Aside {
     fn put_back(mut self) -> Result<(), String> {
         let mut failed = Vec::new();
         for (original, moved) in self.moved.drain(..).rev() {
-            let restored = remove_path(&original).and_then(|()| crate::files::move_path(&moved, &original));
+            let restored =
+                remove_path(&original).and_then(|()| crate::files::move_path(&moved, &original));
             if let Err(e) = restored {
                 failed.push(format!("{} ({e})", moved.display()));
             }
@@ -381,7 +390,10 @@ impl Aside {
         if let Some(dir) = self.dir.take() {
             let _ = dir.keep();
         }
-        Err(format!("the previous outputs could not be put back and are kept at {}", failed.join(", ")))
+        Err(format!(
+            "the previous outputs could not be put back and are kept at {}",
+            failed.join(", ")
+        ))
     }
 }
 

@@ -181,7 +181,14 @@ pub fn yaml_error_in(source: &Source, err: &serde_saphyr::Error, what: &str) -> 
             ))
         })
         .unwrap_or_else(|| SourceSpan::from((0, 0)));
-    let (message, help) = match err.without_snippet() {
+    // The error itself, under the wrappers that add snippets and alias locations.
+    let mut inner = err.without_snippet();
+    while let serde_saphyr::Error::AliasError { error, .. }
+    | serde_saphyr::Error::WithSnippet { error, .. } = inner
+    {
+        inner = error;
+    }
+    let (message, help) = match inner {
         serde_saphyr::Error::Budget { breach, .. } => budget_message(breach, what),
         serde_saphyr::Error::SerdeUnknownField {
             field, expected, ..
@@ -235,11 +242,17 @@ pub fn did_you_mean<'a>(
 
 /// The YAML parser's resource limits, as a person reads them (SPEC.md, "Limits"): which limit a
 /// file breached, its value, and why there is one.
-fn budget_message(breach: &serde_saphyr::budget::BudgetBreach, what: &str) -> (String, Option<String>) {
+fn budget_message(
+    breach: &serde_saphyr::budget::BudgetBreach,
+    what: &str,
+) -> (String, Option<String>) {
     use serde_saphyr::budget::BudgetBreach as B;
     let limits = serde_saphyr::Budget::default();
     let (limit, found) = match breach {
-        B::Nodes { nodes } => (format!("{} YAML nodes (with aliases expanded)", limits.max_nodes), *nodes),
+        B::Nodes { nodes } => (
+            format!("{} YAML nodes (with aliases expanded)", limits.max_nodes),
+            *nodes,
+        ),
         B::Aliases { aliases } => (format!("{} aliases", limits.max_aliases), *aliases),
         B::Anchors { anchors } => (format!("{} anchors", limits.max_anchors), *anchors),
         B::Events { events } => (format!("{} parser events", limits.max_events), *events),
@@ -249,7 +262,9 @@ fn budget_message(breach: &serde_saphyr::budget::BudgetBreach, what: &str) -> (S
             format!("{} bytes of scalar text", limits.max_total_scalar_bytes),
             *total_scalar_bytes,
         ),
-        B::MergeKeys { merge_keys } => (format!("{} merge keys", limits.max_merge_keys), *merge_keys),
+        B::MergeKeys { merge_keys } => {
+            (format!("{} merge keys", limits.max_merge_keys), *merge_keys)
+        }
         B::AliasAnchorRatio { aliases, anchors } => (
             format!(
                 "{} alias uses per anchor (here {aliases} aliases of {anchors} anchors)",
@@ -339,7 +354,10 @@ impl Snippet {
             } else {
                 let anchor = if holds(start) { start - offset } else { 0 };
                 let from = floor_boundary(content, anchor.saturating_sub(MAX_SHOWN_LINE / 4));
-                (from, floor_boundary(content, (from + MAX_SHOWN_LINE).min(content.len())))
+                (
+                    from,
+                    floor_boundary(content, (from + MAX_SHOWN_LINE).min(content.len())),
+                )
             };
             if cut_from > 0 {
                 out.push('…');
@@ -356,7 +374,10 @@ impl Snippet {
             if holds(start) {
                 new_start = map(start);
                 span_line = n;
-                column_shift = content[..cut_from].chars().count().saturating_sub(usize::from(cut_from > 0));
+                column_shift = content[..cut_from]
+                    .chars()
+                    .count()
+                    .saturating_sub(usize::from(cut_from > 0));
             }
             if holds(end) {
                 new_end = map(end);
@@ -373,7 +394,10 @@ impl Snippet {
             column_shift,
         };
         let len = new_end.saturating_sub(new_start);
-        (snippet, SourceSpan::from((new_start, len.max(usize::from(span.len() > 0)))))
+        (
+            snippet,
+            SourceSpan::from((new_start, len.max(usize::from(span.len() > 0)))),
+        )
     }
 }
 

@@ -335,7 +335,9 @@ fn params_value(
                 _ => {
                     let (message, help) = if integer {
                         (
-                            format!("param `{written}` of {id} is an integer that does not fit in 64 bits"),
+                            format!(
+                                "param `{written}` of {id} is an integer that does not fit in 64 bits"
+                            ),
                             "params keep numbers exact, and a larger integer would be rounded: write it as a string (in quotes)",
                         )
                     } else {

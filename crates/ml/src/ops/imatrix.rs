@@ -91,7 +91,9 @@ impl Op for Imatrix {
         )?;
         let params: ImatrixParams = edgebuild_engine::op::stage_params(stage)?;
         if params.max_samples == Some(0) {
-            return Err("params: `max_samples: 0` leaves no calibration sample: give at least 1".into());
+            return Err(
+                "params: `max_samples: 0` leaves no calibration sample: give at least 1".into(),
+            );
         }
         Ok(())
     }
