@@ -679,8 +679,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     }
-    std::panic::set_hook(Box::new(|info| {
+    let verbose = std::env::var_os("EDGEBUILD_FUZZ_VERBOSE").is_some();
+    std::panic::set_hook(Box::new(move |info| {
         let message = format!("panic: {info}");
+        if verbose {
+            eprintln!("{message}");
+        }
         PANIC.with(|p| *p.borrow_mut() = Some(message));
     }));
     // Stage ops may read these; a fuzz run must not depend on the caller's environment.
