@@ -121,8 +121,12 @@ impl Error {
             Error::Release(_) => ExitCode::BadInput,
             Error::Fleet(e) => match e {
                 FleetError::Unreachable { .. } => ExitCode::RemoteUnavailable,
-                FleetError::Refused { .. } | FleetError::Usage(..) => ExitCode::BadInput,
-                FleetError::Database { .. } | FleetError::Simulation(_) => ExitCode::StageFailed,
+                FleetError::Refused { .. }
+                | FleetError::Usage(..)
+                | FleetError::BadDatabase { .. } => ExitCode::BadInput,
+                FleetError::Database { .. }
+                | FleetError::Simulation(_)
+                | FleetError::ControllerDied(_) => ExitCode::StageFailed,
             },
         }
     }

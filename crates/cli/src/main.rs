@@ -11,6 +11,13 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Errors are messages for people: candle captures a backtrace into every error when
+    // RUST_BACKTRACE is set, and it would be printed inside them (SPEC.md, "Exit codes"). Panics
+    // keep theirs (RUST_BACKTRACE still applies to them).
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called before any thread starts.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     miette::set_hook(Box::new(|_| {
         Box::new(
             miette::MietteHandlerOpts::new()

@@ -50,17 +50,59 @@ pub struct Context {
     pub ops: Arc<OpRegistry>,
     /// Declared tool versions, run once per process.
     pub tools: ToolVersions,
+    guard: std::sync::OnceLock<crate::guard::PathGuard>,
     _workspace_lock: File,
 }
 
-/// The local cache: `--cache-dir` (relative to where the command started) or `cache/`.
-fn open_store(options: &Options, start: &Path, root: &Path) -> Result<Store> {
-    let cache_dir = match &options.cache_dir {
+/// The local cache's directory: `--cache-dir` (relative to where the command started) or
+/// `cache/`.
+fn cache_dir(options: &Options, start: &Path, root: &Path) -> PathBuf {
+    match &options.cache_dir {
         Some(dir) if dir.is_absolute() => dir.clone(),
         Some(dir) => start.join(dir),
         None => root.join(CACHE_DIR),
-    };
-    Ok(Store::open(&cache_dir)?)
+    }
+}
+
+fn open_store(options: &Options, start: &Path, root: &Path) -> Result<Store> {
+    Ok(Store::open(&cache_dir(options, start, root))?)
+}
+
+/// The cache may not overlap a stage's output (SPEC.md, "Cache"): building the stage would
+/// delete the cache, or restoring into the cache would overwrite it. Checked when the workspace
+/// loads, as a diagnostic that points at the output. (The stat cache and the locks live in
+/// `.edgebuild/` and `pipelines/`, which no output may enter.)
+fn check_cache_overlap(ws: &Workspace, cache_dir: &Path) -> Result<(), crate::spec::SpecError> {
+    let root = crate::guard::resolve(&ws.root);
+    let cache = crate::guard::resolve(cache_dir);
+    let mut errors = Vec::new();
+    for stage in &ws.stages {
+        for port in &stage.outputs {
+            let overlaps = match cache.strip_prefix(&root) {
+                // The workspace root itself: the cache would hold every output.
+                Ok(rel) if rel.as_os_str().is_empty() => true,
+                Ok(rel) => rel
+                    .to_str()
+                    .is_some_and(|rel| crate::spec::paths_overlap(rel, &port.path)),
+                // A cache outside the workspace overlaps an output only by containing it all.
+                Err(_) => root.starts_with(&cache),
+            };
+            if overlaps {
+                errors.push(ws.source_of(stage).invalid(
+                    port.span,
+                    format!(
+                        "output `{}` of {} overlaps the cache directory {}",
+                        port.path,
+                        stage.id,
+                        cache_dir.display()
+                    ),
+                    "overlaps the cache",
+                    Some("building the stage would delete the cache with its outputs: choose another --cache-dir (or EDGEBUILD_CACHE_DIR), or move the output".into()),
+                ));
+            }
+        }
+    }
+    crate::spec::SpecError::collect(errors)
 }
 
 /// The workspace root, its local cache and the workspace lock, without loading the pipelines:
@@ -98,6 +140,7 @@ impl Context {
         });
         let ws = ws?;
         let graph = Graph::build(&ws)?;
+        check_cache_overlap(&ws, &cache_dir(options, &start, &root))?;
         let store = open_store(options, &start, &root)?;
         let mut locks = Vec::new();
         for pipeline in &ws.pipelines {
@@ -123,12 +166,20 @@ impl Context {
             remote: None,
             tools: ToolVersions::new(&root),
             ops,
+            guard: std::sync::OnceLock::new(),
             _workspace_lock: workspace_lock,
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.ws.root
+    }
+
+    /// The guard of every path edgebuild deletes or writes here (SPEC.md, "Path guard").
+    pub fn guard(&self) -> &crate::guard::PathGuard {
+        self.guard.get_or_init(|| {
+            crate::guard::PathGuard::new(&self.ws.root, self.store.dir(), &self.ws.stages)
+        })
     }
 
     pub fn save_stat_cache(&self) {

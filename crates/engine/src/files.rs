@@ -27,3 +27,35 @@ pub fn remove_path(path: &Path) -> io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+/// Moves a file or directory tree: a rename, or a copy and a removal across file systems.
+pub fn move_path(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            copy_tree(from, to)?;
+            remove_path(from)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Copies a file or a directory tree (symlinks as symlinks).
+pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(from)?;
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(from)?, to)
+    } else if meta.is_dir() {
+        fs::create_dir_all(to)?;
+        for entry in fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else {
+        fs::copy(from, to).map(|_| ())
+    }
+}

@@ -207,10 +207,11 @@ fn topological_order(
     let mut names: Vec<&str> = path.iter().map(|&i| ws.stages[i].id.as_str()).collect();
     names.push(&first.id);
     let source = ws.source_of(first);
+    let (src, span) = source.snippet(source.key_before(&first.name, first.span));
     Err(SpecError::Cycle {
         cycle: names.join(" → "),
-        src: source.named(),
-        span: source.key_before(&first.name, first.span),
+        src,
+        span,
     })
 }
 

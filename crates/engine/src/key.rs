@@ -327,6 +327,8 @@ fn diff_json(
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StaleReason {
     NeverBuilt,
+    /// The lock entry's key is not the key of its own ingredients: the lock was edited.
+    LockEdited,
     ActionChanged {
         old: String,
         new: String,
@@ -395,6 +397,10 @@ impl fmt::Display for StaleReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StaleReason::NeverBuilt => write!(f, "never built"),
+            StaleReason::LockEdited => write!(
+                f,
+                "the lock entry's key does not match its recorded ingredients (the lock was edited by hand?)"
+            ),
             StaleReason::ActionChanged { old, new } => {
                 write!(f, "command changed: `{old}` → `{new}`")
             }

@@ -21,6 +21,7 @@ pub mod exec;
 pub mod exit;
 pub mod files;
 pub mod graph;
+pub mod guard;
 pub mod hash;
 pub mod key;
 pub mod layout;

@@ -63,12 +63,27 @@ impl Toolchain {
     }
 }
 
+/// An output as the lock records it. A volatile output's hash and size are not recorded: they
+/// change with every run, and a file meant to be committed must not (SPEC.md, "Lock files").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockedOutput {
-    pub hash: Digest,
-    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub volatile: bool,
+}
+
+impl LockedOutput {
+    /// The record of an output with this hash and size.
+    pub fn new(hash: Digest, size: u64, volatile: bool) -> LockedOutput {
+        LockedOutput {
+            hash: (!volatile).then_some(hash),
+            size: (!volatile).then_some(size),
+            volatile,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +133,14 @@ impl LockFile {
         let lock: LockFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if lock.lock_version != LOCK_VERSION {
             return Err(format!("unsupported lock_version {}", lock.lock_version));
+        }
+        if let Some((stage, path)) = lock.stages.iter().find_map(|(name, s)| {
+            s.outputs
+                .iter()
+                .find(|(_, o)| o.hash.is_none() && !o.volatile)
+                .map(|(path, _)| (name, path))
+        }) {
+            return Err(format!("stage {stage}: output {path} has no hash"));
         }
         Ok(lock)
     }

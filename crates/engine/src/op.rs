@@ -243,6 +243,17 @@ pub fn params<T: serde::de::DeserializeOwned>(ctx: &OpContext) -> Result<T, OpEr
         .map_err(|e| OpError::BadInput(format!("{}: params: {e}", ctx.stage_id)))
 }
 
+/// A stage's params read as an op's params type, for its load-time [`Op::check`]: a wrong param is
+/// a diagnostic when the pipeline loads, not a failure when the stage runs.
+pub fn stage_params<T: serde::de::DeserializeOwned>(stage: &Stage) -> Result<T, String> {
+    let value = if stage.params.is_null() {
+        serde_json::json!({})
+    } else {
+        stage.params.clone()
+    };
+    serde_json::from_value(value).map_err(|e| format!("params: {e}"))
+}
+
 /// Checks that a stage declares exactly the named inputs and outputs an op expects.
 pub fn check_ports(
     stage: &Stage,

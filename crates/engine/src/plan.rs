@@ -152,7 +152,7 @@ pub enum Decision {
 pub fn outputs_on_disk(
     ctx: &Context,
     stage: usize,
-    expected: &BTreeMap<String, Digest>,
+    expected: &BTreeMap<String, Option<Digest>>,
 ) -> Result<BTreeMap<String, PathHash>, Vec<StaleReason>> {
     let mut found = BTreeMap::new();
     let mut reasons = Vec::new();
@@ -163,8 +163,10 @@ pub fn outputs_on_disk(
             }),
             Ok(actual) => {
                 match expected.get(&port.path) {
-                    Some(want) if *want == actual.hash => {}
-                    Some(want) => reasons.push(StaleReason::OutputModified {
+                    // A volatile output: the lock records no hash, being there is enough.
+                    Some(None) => {}
+                    Some(Some(want)) if *want == actual.hash => {}
+                    Some(Some(want)) => reasons.push(StaleReason::OutputModified {
                         path: port.path.clone(),
                         expected: want.short(),
                         actual: actual.hash.short(),
@@ -206,8 +208,12 @@ pub fn decide(ctx: &Context, stage: usize, ingredients: &Ingredients, key: Diges
         None => vec![StaleReason::NeverBuilt],
     };
     if reasons.is_empty() {
-        // The key differs in a field the diff does not show (an older lock format, say).
-        reasons.push(StaleReason::NeverBuilt);
+        reasons.push(match locked {
+            // The ingredients are today's, but the key recorded beside them is not theirs.
+            Some(locked) if locked.ingredients.key() != locked.key => StaleReason::LockEdited,
+            // The key differs in a field the diff does not show (an older lock format, say).
+            _ => StaleReason::NeverBuilt,
+        });
     }
     match ctx.store.get_action(&key) {
         Some(entry) => Decision::Restore { entry, reasons },

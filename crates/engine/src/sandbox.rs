@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::exec::{ExecFailure, ExecSuccess, Executor, Job, LocalExecutor, run_shell};
+use crate::files::copy_tree;
 use crate::op::OpRegistry;
 use crate::spec::Action;
 use std::sync::Arc;
@@ -60,26 +61,6 @@ fn failure(message: String) -> ExecFailure {
         message,
         log_tail: Vec::new(),
         bad_input: false,
-    }
-}
-
-/// Copies a file or a directory tree (symlinks as symlinks).
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    let meta = std::fs::symlink_metadata(from)?;
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    if meta.file_type().is_symlink() {
-        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
-    } else if meta.is_dir() {
-        std::fs::create_dir_all(to)?;
-        for entry in std::fs::read_dir(from)? {
-            let entry = entry?;
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
-        }
-        Ok(())
-    } else {
-        std::fs::copy(from, to).map(|_| ())
     }
 }
 
@@ -187,6 +168,12 @@ impl Executor for SandboxExecutor {
                     if through_symlink(sandbox, &inside) {
                         return Err(failure(format!(
                             "output {} goes through a symlink the stage made: not collected",
+                            output.path
+                        )));
+                    }
+                    if let Err(why) = job.guard.output(&output.path, &job.stage.id) {
+                        return Err(failure(format!(
+                            "refusing to collect output {}: it {why}",
                             output.path
                         )));
                     }

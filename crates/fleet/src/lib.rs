@@ -59,6 +59,24 @@ pub enum FleetError {
     #[diagnostic(code(edgebuild::fleet::database))]
     Database { path: String, message: String },
 
+    #[error("{path} is not a usable fleet database: {message}")]
+    #[diagnostic(
+        code(edgebuild::fleet::bad_database),
+        help(
+            "it is corrupt or not a fleet database: restore it from a backup, or make a new one with `edgebuild fleet init`"
+        )
+    )]
+    BadDatabase { path: String, message: String },
+
+    #[error("the rollout controller stopped: {0}")]
+    #[diagnostic(
+        code(edgebuild::fleet::controller),
+        help(
+            "the server stops with its controller, so that rollouts are never left unwatched; restart it (rollouts resume from the database)"
+        )
+    )]
+    ControllerDied(String),
+
     #[error("{0}")]
     #[diagnostic(code(edgebuild::fleet::simulation))]
     Simulation(String),
@@ -331,6 +349,17 @@ pub fn now_ms() -> i64 {
 }
 
 /// Parses `250ms`, `30s`, `10m`, `2h` (or a bare number of seconds).
+/// `fleet serve --tick`: a duration (as [`parse_duration`]) of at least one millisecond.
+pub fn parse_tick(text: &str) -> Result<std::time::Duration, String> {
+    let tick = parse_duration(text)?;
+    if tick < std::time::Duration::from_millis(1) {
+        return Err(format!(
+            "`{text}` is too short: the controller's tick is at least 1ms"
+        ));
+    }
+    Ok(tick)
+}
+
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     let split = text

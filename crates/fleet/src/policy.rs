@@ -65,8 +65,21 @@ struct RawAbort {
     max_confidence_drop: Spanned<f64>,
 }
 
+/// The largest rollout policy edgebuild reads (SPEC.md, "Limits").
+pub const MAX_POLICY_BYTES: usize = 64 << 10;
+
 /// Parses and checks a policy file's text; `name` is how errors call the file.
 pub fn parse(name: &str, text: &str) -> Result<Policy, SpecError> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(SpecError::Read {
+            path: name.to_string(),
+            message: format!(
+                "it is {} bytes; a rollout policy may hold at most {} KiB",
+                text.len(),
+                MAX_POLICY_BYTES >> 10
+            ),
+        });
+    }
     let source = Source {
         name: name.to_string(),
         text: text.to_string(),
@@ -192,6 +205,21 @@ mod tests {
     use super::*;
 
     const GOOD: &str = "version: 1\nstages:\n  - {percent: 1, soak: 10m}\n  - {percent: 10, soak: 1h}\n  - {percent: 100}\nabort:\n  min_reports: 20\n  max_failure_rate: 0.05\n  confirm_timeout: 30m\n  max_confidence_drop: 0.02\n";
+
+    #[test]
+    fn a_diagnostic_on_a_long_line_is_elided() {
+        let long = "x".repeat(70_000);
+        let text = GOOD.replace(
+            "max_confidence_drop: 0.02",
+            &format!("max_confidence_drop: 0.02\nnote: \"{long}\", bogus: 1"),
+        );
+        let err = parse("p.yaml", &text).unwrap_err();
+        let mut out = String::new();
+        miette::GraphicalReportHandler::new()
+            .render_report(&mut out, &err)
+            .unwrap();
+        assert!(out.len() < 5_000, "{} bytes", out.len());
+    }
 
     #[test]
     fn a_policy_parses() {

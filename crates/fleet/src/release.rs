@@ -371,13 +371,19 @@ pub fn release(
         let locked = &lock.stages[&stage.name];
         for port in &stage.outputs {
             let out = &locked.outputs[&port.path];
+            let (Some(hash), Some(size)) = (out.hash, out.size) else {
+                return refuse(
+                    format!("{}: output {} is volatile", stage.id, port.path),
+                    "a release ships no measured output: a package stage is never volatile",
+                );
+            };
             artifacts.push(Artifact {
                 name: Path::new(&port.path)
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
-                sha256: out.hash,
-                size: out.size,
+                sha256: hash,
+                size,
             });
         }
     }

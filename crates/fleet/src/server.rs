@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -165,6 +165,12 @@ fn device_of(caller: &Caller) -> String {
 }
 
 /// The router, for `serve` and for tests.
+/// The HTTP API over `store`, without the controller: what [`serve`] serves, and what the fuzz
+/// harness sends request bodies to (SPEC.md, "Fuzzing").
+pub fn app(store: Arc<dyn FleetStore>, key: VerifyingKey) -> Router {
+    router(Arc::new(AppState { store, key }))
+}
+
 fn router(state: Arc<AppState>) -> Router {
     let layer = |needs| axum::middleware::from_fn_with_state((state.clone(), needs), authenticate);
     let device = Router::new()
@@ -176,10 +182,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/artifacts/{sha256}", get(artifact))
         .route_layer(layer(Needs::Either));
     let admin = Router::new()
-        .route(
-            "/v1/admin/artifacts/{sha256}",
-            put(upload_artifact).layer(DefaultBodyLimit::max(1 << 30)),
-        )
+        .route("/v1/admin/artifacts/{sha256}", put(upload_artifact))
         .route("/v1/admin/devices", post(enroll))
         .route("/v1/admin/devices/{id}", delete(revoke))
         .route("/v1/admin/rollouts", post(start).get(list))
@@ -276,15 +279,53 @@ async fn artifact(State(state): Shared, Path(sha256): Path<String>) -> Result<Re
     }
 }
 
+/// The largest artifact the server accepts (SPEC.md, "Limits").
+pub const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+
+/// An artifact upload, streamed: the body goes to a temporary file as it arrives, hashed on the
+/// way, and only bytes that hash to the artifact's name reach the database, in pieces. Memory
+/// stays bounded by one network frame whatever the artifact's size.
 async fn upload_artifact(
     State(state): Shared,
     Path(sha256): Path<String>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    if Digest::of_bytes(&body).hex() != sha256 {
+    use axum::body::HttpBody;
+    use sha2::Digest as _;
+    use std::io::{Seek, Write};
+    if Digest::parse(&sha256).is_none() {
+        return Err(bad_request(
+            "an artifact is named by its SHA-256 (64 hex digits)",
+        ));
+    }
+    let internal = |e: std::io::Error| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let mut file = tempfile::tempfile().map_err(internal)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut len: u64 = 0;
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = frame.map_err(|e| bad_request(format!("cannot read the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len() as u64;
+        if len > MAX_ARTIFACT_BYTES {
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("an artifact may hold at most {MAX_ARTIFACT_BYTES} bytes"),
+            ));
+        }
+        hasher.update(&data);
+        file.write_all(&data).map_err(internal)?;
+    }
+    if hex::encode(hasher.finalize()) != sha256 {
         return Err(bad_request("the artifact's bytes do not hash to its name"));
     }
-    blocking(&state, move |store| store.put_blob(&sha256, &body)).await?;
+    file.rewind().map_err(internal)?;
+    blocking(&state, move |store| {
+        store.put_blob_from(&sha256, &mut file, len)
+    })
+    .await?;
     Ok(StatusCode::CREATED.into_response())
 }
 
@@ -589,6 +630,27 @@ pub fn serve(
     listen: SocketAddr,
     tick: Duration,
 ) -> Result<(), FleetError> {
+    serve_with(store, key, listen, tick, controller::tick)
+}
+
+/// What the controller runs at each tick.
+pub type TickFn = fn(&dyn FleetStore, i64) -> Result<(), FleetError>;
+
+/// [`serve`] with the controller's tick function given: a controller that dies (a panic) takes
+/// the server down with it, so no rollout is ever left unwatched behind a healthy `/healthz`.
+pub fn serve_with(
+    store: Arc<dyn FleetStore>,
+    key: VerifyingKey,
+    listen: SocketAddr,
+    tick: Duration,
+    tick_fn: TickFn,
+) -> Result<(), FleetError> {
+    if tick.is_zero() {
+        return Err(FleetError::Usage(
+            "the controller's tick must be at least 1ms".into(),
+            None,
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -607,32 +669,46 @@ pub fn serve(
             store: store.clone(),
             key,
         });
-        let controller = tokio::spawn(async move {
+        let mut controller = tokio::spawn(async move {
             let mut interval = tokio::time::interval(tick);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
                 let store = store.clone();
-                let result =
-                    tokio::task::spawn_blocking(move || controller::tick(&*store, now_ms())).await;
-                if let Ok(Err(e)) = result {
-                    eprintln!("controller: {e}");
+                let result = tokio::task::spawn_blocking(move || tick_fn(&*store, now_ms())).await;
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => eprintln!("controller: {e}"),
+                    Err(e) => return e.to_string(),
                 }
             }
         });
-        let shutdown = async {
+        let died = Arc::new(std::sync::Mutex::new(None));
+        let died_in = died.clone();
+        let shutdown = async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .expect("a SIGTERM handler installs");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                ended = &mut controller => {
+                    let why = match ended {
+                        Ok(why) => why,
+                        Err(e) => e.to_string(),
+                    };
+                    eprintln!("controller: {why}; the server stops");
+                    *died_in.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                }
             }
+            controller.abort();
         };
         let served = axum::serve(listener, router(state))
             .with_graceful_shutdown(shutdown)
             .await;
-        controller.abort();
+        if let Some(why) = died.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(FleetError::ControllerDied(why));
+        }
         served.map_err(|e| FleetError::Usage(format!("server error: {e}"), None))
     })
 }
@@ -640,6 +716,35 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::ROUTES;
+
+    #[test]
+    fn a_dead_controller_takes_the_server_down() {
+        use super::*;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(&dir.path().join("f.sqlite"), true).unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        fn broken(_: &dyn FleetStore, _: i64) -> Result<(), FleetError> {
+            panic!("a controller bug")
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let listen = "127.0.0.1:0".parse().unwrap();
+            let _ = tx.send(serve_with(
+                Arc::new(store),
+                key,
+                listen,
+                Duration::from_millis(10),
+                broken,
+            ));
+        });
+        let served = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server stops when its controller dies");
+        assert!(
+            matches!(served, Err(FleetError::ControllerDied(_))),
+            "{served:?}"
+        );
+    }
 
     #[test]
     fn the_openapi_document_names_every_route_and_no_other() {

@@ -69,6 +69,19 @@ pub trait FleetStore: Send + Sync {
     fn enroll(&self, ids: &[String], now: i64) -> Result<Vec<(String, String)>, FleetError>;
     fn revoke(&self, id: &str) -> Result<bool, FleetError>;
     fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<(), FleetError>;
+    /// Stores `len` bytes read from `reader` (already checked against `sha256`), in pieces.
+    fn put_blob_from(
+        &self,
+        sha256: &str,
+        reader: &mut dyn std::io::Read,
+        len: u64,
+    ) -> Result<(), FleetError> {
+        let mut bytes = Vec::with_capacity(len.min(1 << 20) as usize);
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(|e| FleetError::Simulation(format!("cannot read the artifact: {e}")))?;
+        self.put_blob(sha256, &bytes)
+    }
     fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, FleetError>;
     fn has_blob(&self, sha256: &str) -> Result<bool, FleetError>;
     /// Stores a manifest; the same number with other content is refused.
@@ -165,7 +178,9 @@ impl SqliteStore {
     /// Opens (creating when `create`) the database at `path`.
     pub fn open(path: &Path, create: bool) -> Result<SqliteStore, FleetError> {
         let name = path.display().to_string();
-        let db_err = |e: rusqlite::Error| FleetError::Database {
+        // A file that does not open as a fleet database is bad input (exit 2), not a failure
+        // of the server (SPEC.md, "Server").
+        let db_err = |e: rusqlite::Error| FleetError::BadDatabase {
             path: name.clone(),
             message: e.to_string(),
         };
@@ -201,7 +216,15 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, FleetError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut conn).map_err(|e| self.err(e))
+        f(&mut conn).map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+                FleetError::BadDatabase {
+                    path: self.path.clone(),
+                    message: e.to_string(),
+                }
+            }
+            _ => self.err(e),
+        })
     }
 
     fn row_to_rollout(&self, row: &rusqlite::Row) -> rusqlite::Result<RolloutRow> {
@@ -335,6 +358,37 @@ impl FleetStore for SqliteStore {
                 params![sha256, bytes],
             )
             .map(drop)
+        })
+    }
+
+    fn put_blob_from(
+        &self,
+        sha256: &str,
+        reader: &mut dyn std::io::Read,
+        len: u64,
+    ) -> Result<(), FleetError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM blobs WHERE sha256 = ?1",
+                    params![sha256],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !exists {
+                tx.execute(
+                    "INSERT INTO blobs (sha256, bytes) VALUES (?1, zeroblob(?2))",
+                    params![sha256, len as i64],
+                )?;
+                let row = tx.last_insert_rowid();
+                let mut blob = tx.blob_open(rusqlite::MAIN_DB, "blobs", "bytes", row, false)?;
+                std::io::copy(reader, &mut blob)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                drop(blob);
+            }
+            tx.commit()
         })
     }
 

@@ -628,7 +628,7 @@ fn locked_stages(ctx: &Context, selected: &[usize]) -> Vec<(String, Digest, u64,
         .filter_map(|&i| {
             let locked = ctx.locked(i)?;
             let stage = &ctx.ws.stages[i];
-            let bytes = locked.outputs.values().map(|o| o.size).sum();
+            let bytes = locked.outputs.values().filter_map(|o| o.size).sum();
             Some((stage.id.clone(), locked.key, bytes, stage.volatile))
         })
         .collect()

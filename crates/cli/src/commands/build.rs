@@ -16,8 +16,8 @@ use edgebuild_remote::exec::{RemoteExecSettings, RemoteExecutor, RemoteStats};
 pub struct Args {
     /// Pipelines (file stems), stage ids (PIPELINE:STAGE) or stage names; default all.
     pub targets: Vec<String>,
-    /// Stages to run at once (default: the number of CPUs).
-    #[arg(short, long, value_name = "N")]
+    /// Stages to run at once, 1 to 1024 (default: the number of CPUs).
+    #[arg(short, long, value_name = "N", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
     /// Keep building independent stages after a failure.
     #[arg(short = 'k', long)]
@@ -47,12 +47,84 @@ pub struct Args {
     /// The executor's instance name.
     #[arg(long, value_name = "NAME", default_value = "")]
     pub remote_instance: String,
-    /// Remote actions in flight at once (default 8; `-j` defaults to it with an executor).
-    #[arg(long, value_name = "N")]
+    /// Remote actions in flight at once, 1 to 1024 (default 8; `-j` defaults to it with an
+    /// executor).
+    #[arg(long, value_name = "N", value_parser = parse_jobs)]
     pub remote_jobs: Option<usize>,
     /// Run a stage locally, with a warning, when the executor fails it for reasons of its own.
     #[arg(long)]
     pub remote_exec_fallback: bool,
+}
+
+/// The most stages (or remote actions) a build runs at once (SPEC.md, "Limits"): each is a
+/// thread of its own, so `-j 100000` would be a hundred thousand threads.
+pub const MAX_JOBS: usize = 1024;
+
+/// `-j N`: a whole number from 1 to [`MAX_JOBS`].
+fn parse_jobs(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_JOBS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{text}` is not a job count: give a whole number from 1 to {MAX_JOBS}"
+        )),
+    }
+}
+
+/// How the reports edgebuild writes begin: a file that holds anything else is not edgebuild's
+/// to overwrite.
+const REPORT_MARKERS: &[&str] = &[
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"edgebuild\"",
+    "### edgebuild build: ",
+];
+
+/// A report file may be written where the path guard allows (never in `pipelines/`, `.git/`,
+/// the cache or a stage's output), outside the workspace only into a directory that exists, and
+/// over an existing file only when it is empty or a report edgebuild wrote.
+fn check_report_path(ctx: &Context, flag: &str, file: &std::path::Path) -> Result<()> {
+    let refuse = |why: String, help: &str| {
+        Err(Error::usage(
+            format!("{flag} {}: {why}", file.display()),
+            Some(help.to_string()),
+        ))
+    };
+    if let Err(why) = ctx.guard().file(file) {
+        return refuse(
+            format!("refusing to write the report there: it {why}"),
+            "write reports outside edgebuild's and git's directories and the stages' outputs, e.g. `reports/junit.xml`",
+        );
+    }
+    let absolute = std::env::current_dir()
+        .map(|d| d.join(file))
+        .unwrap_or_else(|_| file.to_path_buf());
+    let parent = absolute.parent().unwrap_or(std::path::Path::new("/"));
+    let in_workspace = edgebuild_engine::guard::resolve(parent)
+        .starts_with(edgebuild_engine::guard::resolve(ctx.root()));
+    if !in_workspace && !parent.is_dir() {
+        return refuse(
+            format!("directory {} does not exist", parent.display()),
+            "create it first (edgebuild makes missing directories only inside the workspace)",
+        );
+    }
+    match std::fs::symlink_metadata(file) {
+        Ok(meta) if meta.is_dir() => refuse("is a directory".into(), "name a file"),
+        Ok(meta) if meta.len() > 0 => {
+            let mut head = vec![0u8; 128];
+            let n = std::fs::File::open(file)
+                .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+                .unwrap_or(0);
+            let head = String::from_utf8_lossy(&head[..n]);
+            if REPORT_MARKERS.iter().any(|m| head.starts_with(m)) {
+                Ok(())
+            } else {
+                refuse(
+                    "the file exists and is not a report edgebuild wrote: refusing to overwrite it"
+                        .into(),
+                    "remove it, or name a new file (an empty file, such as $GITHUB_STEP_SUMMARY, is fine)",
+                )
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `build --json`: the engine's report, with what the remote executor did.
@@ -67,6 +139,12 @@ struct BuildJson<'a> {
 pub fn run(args: Args, session: &Session) -> Result<ExitCode> {
     let (ctx, cache_remote) = session.open_with_remote(Access::Write)?;
     let selected = ctx.select(&args.targets)?;
+    // Where the reports go is checked before anything runs (SPEC.md, "CI reports").
+    for (flag, file) in [("--junit", &args.junit), ("--summary", &args.summary)] {
+        if let Some(file) = file {
+            check_report_path(&ctx, flag, file)?;
+        }
+    }
     let variation_env = crate::repro::variation_env(&args.variation_env);
     let local: Box<dyn Executor + Send> = if args.sandbox {
         Box::new(SandboxExecutor::new(session.ops.clone(), variation_env))
@@ -103,7 +181,7 @@ pub fn run(args: Args, session: &Session) -> Result<ExitCode> {
         Some(s) => s.jobs.unwrap_or(8),
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let jobs = args.jobs.unwrap_or(default_jobs).max(1);
+    let jobs = args.jobs.unwrap_or(default_jobs).clamp(1, MAX_JOBS);
     let started = std::time::Instant::now();
     let executor: &dyn Executor = match (&remote, &local) {
         (Some(remote), _) => remote,
@@ -133,6 +211,7 @@ pub fn run(args: Args, session: &Session) -> Result<ExitCode> {
         if let Some(file) = file {
             edgebuild_engine::files::write_atomic(&file, text(&ctx, &report).as_bytes())
                 .map_err(|e| Error::io(&file, e))?;
+            eprintln!("wrote {}", file.display());
         }
     }
     eprintln!(

@@ -35,7 +35,7 @@ pub enum Args {
         #[arg(long, value_name = "PATH")]
         key: PathBuf,
         /// How often the controller looks at the rollouts.
-        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = edgebuild_fleet::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = edgebuild_fleet::parse_tick)]
         tick: std::time::Duration,
     },
     /// Enroll devices; prints `ID TOKEN` per device (give each its token; it is stored hashed).

@@ -187,7 +187,7 @@ pub fn compare(input: &CompareInput) -> Comparison {
             (None, None) => continue,
             (None, Some(r)) => {
                 for (path, out) in &r.outputs {
-                    rows.push(row(path, None, Some(out.hash), Verdict::Unexpected));
+                    rows.push(row(path, None, out.hash, Verdict::Unexpected));
                 }
                 problem = Some((
                     "built, but the reference lock has no entry for it: the lock was not updated after the pipeline changed".into(),
@@ -202,7 +202,7 @@ pub fn compare(input: &CompareInput) -> Comparison {
                         (false, true) => Verdict::Blocked,
                         (false, false) => Verdict::Missing,
                     };
-                    rows.push(row(path, Some(out.hash), None, verdict));
+                    rows.push(row(path, out.hash, None, verdict));
                 }
                 match (blocked, upstream(false)) {
                     (_, Some(root)) => {
@@ -235,7 +235,12 @@ pub fn compare(input: &CompareInput) -> Comparison {
                         (Some(_), None) => Verdict::Missing,
                         (None, _) => Verdict::Unexpected,
                     };
-                    rows.push(row(path, eo.map(|o| o.hash), ro.map(|o| o.hash), verdict));
+                    rows.push(row(
+                        path,
+                        eo.and_then(|o| o.hash),
+                        ro.and_then(|o| o.hash),
+                        verdict,
+                    ));
                 }
                 let differs = rows.iter().any(|r| !r.verdict.ok()) || e.gate != r.gate;
                 if r.gate == Some(GateVerdict::Failed) && e.gate == r.gate {

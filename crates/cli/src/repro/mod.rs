@@ -324,8 +324,9 @@ fn verify_commit_in(
         .values()
         .flat_map(|s| s.outputs.iter())
         .filter_map(|(path, out)| {
+            let hash = out.hash?;
             let bytes = std::fs::read(ws_root.join(path)).ok()?;
-            (Digest::of_bytes(&bytes) == out.hash).then_some((out.hash, bytes))
+            (Digest::of_bytes(&bytes) == hash).then_some((hash, bytes))
         })
         .collect();
     remove_locks(&ws_root)?;

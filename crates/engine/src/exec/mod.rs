@@ -39,6 +39,8 @@ pub struct Job<'a> {
     pub command: Option<String>,
     /// Declared environment variables that are set.
     pub env: Vec<(String, OsString)>,
+    /// What every write into the workspace passes first (SPEC.md, "Path guard").
+    pub guard: &'a crate::guard::PathGuard,
 }
 
 /// A finished job.

@@ -116,11 +116,7 @@ pub fn process(
             .map(|(path, out)| {
                 (
                     path.clone(),
-                    LockedOutput {
-                        hash: out.hash,
-                        size: out.size,
-                        volatile: spec.volatile,
-                    },
+                    LockedOutput::new(out.hash, out.size, spec.volatile),
                 )
             })
             .collect(),
@@ -260,7 +256,11 @@ fn restore(ctx: &Context, stage: usize, entry: &ActionEntry) -> Result<(), Store
                 hash: format!("{} (entry lacks output {})", entry.key, port.path),
             });
         };
-        if let Err(why) = crate::spec::normalize_path(ctx.root(), &port.path) {
+        let spec = &ctx.ws.stages[stage];
+        let checked = crate::spec::normalize_path(ctx.root(), &port.path)
+            .map_err(str::to_string)
+            .and_then(|_| ctx.guard().output(&port.path, &spec.id));
+        if let Err(why) = checked {
             return Err(StoreError::Corrupt {
                 hash: format!("{} (output {} {why})", entry.key, port.path),
             });
@@ -285,21 +285,128 @@ fn run(
 ) -> Option<(BTreeMap<String, PathHash>, bool)> {
     let spec = &ctx.ws.stages[stage];
     for port in &spec.outputs {
-        // A stage may have created a symlink since the pipeline was checked.
-        if let Err(why) = crate::spec::normalize_path(ctx.root(), &port.path) {
-            result.error = Some(format!("output {} {why}", port.path));
-            return None;
-        }
-        let path = ctx.root().join(&port.path);
-        let prepared = remove_path(&path).and_then(|_| match path.parent() {
-            Some(parent) => std::fs::create_dir_all(parent),
-            None => Ok(()),
-        });
-        if let Err(e) = prepared {
-            result.error = Some(format!("cannot prepare output {}: {e}", port.path));
+        // A stage may have created a symlink since the pipeline was checked: every output
+        // passes the path guard before anything is moved (SPEC.md, "Path guard").
+        let checked = crate::spec::normalize_path(ctx.root(), &port.path)
+            .map_err(str::to_string)
+            .and_then(|_| ctx.guard().output(&port.path, &spec.id));
+        if let Err(why) = checked {
+            result.error = Some(format!(
+                "refusing to replace output {}: it {why}",
+                port.path
+            ));
+            result.bad_input = true;
             return None;
         }
     }
+    let aside = match Aside::take(ctx, spec) {
+        Ok(aside) => aside,
+        Err(e) => {
+            result.error = Some(format!("cannot prepare the outputs: {e}"));
+            return None;
+        }
+    };
+    let (outputs, gate_passed) = match run_prepared(ctx, stage, key, executor, result) {
+        Some(done) => done,
+        None => {
+            if let Err(kept) = aside.put_back() {
+                let error = result.error.get_or_insert_with(String::new);
+                error.push_str(&format!("; {kept}"));
+            }
+            return None;
+        }
+    };
+    drop(aside);
+    Some((outputs, gate_passed))
+}
+
+/// A stage's outputs that existed before it ran, moved aside (SPEC.md, "`edgebuild build`",
+/// step 4): put back when the stage fails, deleted once it succeeded. A declared output may be
+/// a committed file that the stage regenerates; nothing is deleted before the stage made its
+/// replacement.
+struct Aside {
+    /// `.edgebuild/aside/run-XXXX/`, made when the first output is moved.
+    dir: Option<tempfile::TempDir>,
+    /// (where the output was, where it is now), in the order they were moved.
+    moved: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl Aside {
+    fn take(ctx: &Context, spec: &crate::stage::Stage) -> std::io::Result<Aside> {
+        let mut aside = Aside {
+            dir: None,
+            moved: Vec::new(),
+        };
+        for port in &spec.outputs {
+            let path = ctx.root().join(&port.path);
+            if std::fs::symlink_metadata(&path).is_ok() {
+                if let Err(e) = aside.move_one(ctx, &port.path, &path) {
+                    let _ = aside.put_back();
+                    return Err(e);
+                }
+            }
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
+        Ok(aside)
+    }
+
+    fn move_one(
+        &mut self,
+        ctx: &Context,
+        rel: &str,
+        path: &std::path::Path,
+    ) -> std::io::Result<()> {
+        if self.dir.is_none() {
+            let base = ctx.root().join(crate::layout::STATE_DIR).join("aside");
+            std::fs::create_dir_all(&base)?;
+            self.dir = Some(tempfile::Builder::new().prefix("run-").tempdir_in(&base)?);
+        }
+        let to = self.dir.as_ref().expect("made above").path().join(rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        crate::files::move_path(path, &to)?;
+        self.moved.push((path.to_path_buf(), to));
+        Ok(())
+    }
+
+    /// Puts every moved output back, replacing what the failed stage left there. `Err` says
+    /// where the outputs that could not be put back are kept.
+    fn put_back(mut self) -> Result<(), String> {
+        let mut failed = Vec::new();
+        for (original, moved) in self.moved.drain(..).rev() {
+            let restored =
+                remove_path(&original).and_then(|()| crate::files::move_path(&moved, &original));
+            if let Err(e) = restored {
+                failed.push(format!("{} ({e})", moved.display()));
+            }
+        }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        // Keep the directory: it holds the only copy.
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.keep();
+        }
+        Err(format!(
+            "the previous outputs could not be put back and are kept at {}",
+            failed.join(", ")
+        ))
+    }
+}
+
+/// Runs a stage whose outputs were moved aside, and stores its outputs. `None` when it failed
+/// (details in `result`).
+fn run_prepared(
+    ctx: &Context,
+    stage: usize,
+    key: Digest,
+    executor: &dyn Executor,
+    result: &mut StageResult,
+) -> Option<(BTreeMap<String, PathHash>, bool)> {
+    let spec = &ctx.ws.stages[stage];
     let command = match &spec.action {
         Action::Cmd(template) => match crate::subst::expand(template, spec) {
             Ok(command) => Some(command),
@@ -319,6 +426,7 @@ fn run(
             .iter()
             .filter_map(|name| Some((name.clone(), std::env::var_os(name)?)))
             .collect(),
+        guard: ctx.guard(),
     };
     let success = match executor.execute(&job) {
         Ok(success) => success,

@@ -26,16 +26,18 @@ impl Workspace {
                         .filter(|(other, _)| other.id != stage.id)
                 });
                 if let Some((first, first_port)) = clash {
+                    let (src, span) = self.source_of(stage).snippet(port.span);
+                    let (first_src, first_span) = self.source_of(first).snippet(first_port.span);
                     errors.push(SpecError::DuplicateOutput {
                         path: port.path.clone(),
                         first_path: first_port.path.clone(),
                         first: first.id.clone(),
                         second: stage.id.clone(),
-                        src: self.source_of(stage).named(),
-                        span: port.span,
+                        src,
+                        span,
                         first_site: vec![SpecError::FirstDeclared {
-                            src: self.source_of(first).named(),
-                            span: first_port.span,
+                            src: first_src,
+                            span: first_span,
                         }],
                     });
                 } else {

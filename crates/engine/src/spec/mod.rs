@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::layout::{PIPELINES_DIR, RESERVED};
 pub use crate::stage::{Action, Port, Stage};
-pub use diagnostic::{Source, SpecError, did_you_mean, span_of, yaml_error_in};
+pub use diagnostic::{Snippet, Source, SpecError, did_you_mean, span_of, yaml_error_in};
 pub use paths::{PathChecker, ancestors, normalize_path, paths_below, paths_overlap};
 
 use crate::op::OpRegistry;
@@ -86,15 +86,25 @@ impl Workspace {
         let mut cached_files = Vec::new();
         let mut cache_changed = false;
         for path in files {
-            let text = std::fs::read_to_string(&path).map_err(|e| read_err(&path, e))?;
-            let stamp = std::fs::metadata(&path)
-                .ok()
-                .map(|m| FileStamp::of(&m, text.len()));
-            let name = pipeline_name(&path);
             let file = format!(
                 "{PIPELINES_DIR}/{}",
                 path.file_name().unwrap_or_default().to_string_lossy()
             );
+            // An unreadable file (a dangling symlink, a directory) is an error, never skipped.
+            let text = read_pipeline_file(&path).map_err(|message| SpecError::Read {
+                path: file.clone(),
+                message,
+            })?;
+            let stamp = std::fs::metadata(&path)
+                .ok()
+                .map(|m| FileStamp::of(&m, text.len()));
+            let name = pipeline_name(&path);
+            if let Err(why) = check_pipeline_name(&name) {
+                return Err(SpecError::Read {
+                    path: file,
+                    message: why,
+                });
+            }
             if pipelines.iter().any(|p: &Pipeline| p.name == name) {
                 return Err(SpecError::Read {
                     path: file,
@@ -200,16 +210,69 @@ impl Workspace {
     }
 }
 
+/// The largest pipeline file edgebuild reads (SPEC.md, "Limits").
+pub const MAX_PIPELINE_BYTES: u64 = 16 << 20;
+
 /// The pipeline files of the workspace at `root` (`pipelines/*.yaml` and `*.yml`), sorted.
+/// Every entry with such a name is listed, whatever it is: one that cannot be read as a file (a
+/// directory, a dangling symlink) is an error when it is loaded, not skipped.
 pub fn pipeline_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(PIPELINES_DIR))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-        })
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Reads a pipeline file: a regular file (or a symlink to one) of at most
+/// [`MAX_PIPELINE_BYTES`], in UTF-8.
+pub fn read_pipeline_file(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| match std::fs::symlink_metadata(path) {
+        Ok(link) if link.file_type().is_symlink() => {
+            format!("it is a symlink whose target cannot be read ({e})")
+        }
+        _ => e.to_string(),
+    })?;
+    if !meta.is_file() {
+        return Err(if meta.is_dir() {
+            "it is a directory, not a pipeline file".into()
+        } else {
+            "it is not a regular file".into()
+        });
+    }
+    if meta.len() > MAX_PIPELINE_BYTES {
+        return Err(format!(
+            "it is {} bytes; a pipeline file may hold at most {} MiB (SPEC.md, \"Limits\")",
+            meta.len(),
+            MAX_PIPELINE_BYTES >> 20
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".into())
+}
+
+/// A pipeline's name (its file stem) is part of every stage id `PIPELINE:STAGE`: letters,
+/// digits, `_`, `-` and `.`, not starting with `.` or `-`.
+pub fn check_pipeline_name(name: &str) -> Result<(), String> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a pipeline name: a pipeline file is named with letters, digits, `_`, `-` and `.`, starting with a letter, a digit or `_`"
+        ))
+    }
+}
+
+/// The names of stages and pipelines: letters, digits, `_`, `-` and `.`, starting with a
+/// letter, a digit or `_` (so never `.`, `..` or an option like `-x`).
+pub fn valid_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
 /// The pipeline a command-line target names: `digits`, `digits.yaml` or `pipelines/digits.yml`

@@ -6,7 +6,7 @@ use serde_saphyr::Spanned;
 
 use super::diagnostic::{did_you_mean, span_of, yaml_error};
 use super::paths::{PathChecker, paths_overlap};
-use super::raw::{RawPipeline, RawPorts, RawStage};
+use super::raw::{RawParam, RawPipeline, RawPorts, RawStage};
 use super::{Pipeline, SpecError};
 use crate::layout::RESERVED;
 use crate::op::OpRegistry;
@@ -56,15 +56,11 @@ fn parse_stage(
     let raw = raw.value;
     let mut errors = Vec::new();
 
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-    {
+    if !super::valid_name(name) {
         errors.push(source.invalid(
             source.key_before(name, stage_span),
             format!("invalid stage name `{name}`"),
-            "stage names use letters, digits, `_`, `-` and `.`",
+            "stage names use letters, digits, `_`, `-` and `.`, and start with a letter, a digit or `_`",
             None,
         ));
     }
@@ -217,7 +213,25 @@ fn parse_stage(
     }
     env.sort();
 
-    let params = raw.params.unwrap_or(serde_json::Value::Null);
+    let params = match &raw.params {
+        None => serde_json::Value::Null,
+        Some(params) => {
+            let value = params_value(source, params, &id, &mut errors);
+            let size = crate::hash::canonical_json(&value).len();
+            if size > MAX_PARAMS_BYTES {
+                errors.push(source.invalid(
+                    span_of(params),
+                    format!(
+                        "the params of {id} are {size} bytes of JSON; a stage's params may hold at most {} KiB",
+                        MAX_PARAMS_BYTES >> 10
+                    ),
+                    "params",
+                    Some("params are part of the stage's key and its lock entry: keep data in an input file (SPEC.md, \"Limits\")".into()),
+                ));
+            }
+            value
+        }
+    };
     let after: Vec<String> = raw
         .after
         .iter()
@@ -284,6 +298,71 @@ fn parse_stage(
         Ok(stage)
     } else {
         Err(errors)
+    }
+}
+
+/// The largest canonical JSON of one stage's params (SPEC.md, "Limits").
+pub const MAX_PARAMS_BYTES: usize = 1 << 20;
+
+/// A params value as JSON. Numbers stay exact: an integer beyond 64 bits (which the YAML parser
+/// reads as a rounded float) and a non-finite float are refused, pointing at them.
+fn params_value(
+    source: &super::Source,
+    node: &Spanned<RawParam>,
+    id: &str,
+    errors: &mut Vec<SpecError>,
+) -> serde_json::Value {
+    use serde_json::Value;
+    match &node.value {
+        RawParam::Null => Value::Null,
+        RawParam::Bool(b) => Value::Bool(*b),
+        RawParam::Int(n) => Value::Number(n.clone()),
+        RawParam::Str(s) => Value::String(s.clone()),
+        RawParam::Float(f) => {
+            let span = span_of(node);
+            let written = source
+                .text
+                .get(span.offset()..span.offset() + span.len())
+                .unwrap_or_default()
+                .trim();
+            let digits = written.strip_prefix(['+', '-']).unwrap_or(written);
+            let integer = !digits.is_empty()
+                && (digits.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+                    || digits.starts_with("0x")
+                    || digits.starts_with("0o"));
+            match serde_json::Number::from_f64(*f) {
+                Some(n) if !integer => Value::Number(n),
+                _ => {
+                    let (message, help) = if integer {
+                        (
+                            format!(
+                                "param `{written}` of {id} is an integer that does not fit in 64 bits"
+                            ),
+                            "params keep numbers exact, and a larger integer would be rounded: write it as a string (in quotes)",
+                        )
+                    } else {
+                        (
+                            format!("param `{written}` of {id} is not a finite number"),
+                            "params are JSON numbers: infinities and NaN have no JSON form; write it as a string (in quotes)",
+                        )
+                    };
+                    errors.push(source.invalid(span, message, "here", Some(help.into())));
+                    Value::Null
+                }
+            }
+        }
+        RawParam::Seq(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| params_value(source, item, id, errors))
+                .collect(),
+        ),
+        RawParam::Map(items) => Value::Object(
+            items
+                .iter()
+                .map(|(key, item)| (key.clone(), params_value(source, item, id, errors)))
+                .collect(),
+        ),
     }
 }
 

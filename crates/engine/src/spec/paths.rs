@@ -97,7 +97,24 @@ impl PathChecker {
             };
             if meta.file_type().is_symlink() {
                 match std::fs::canonicalize(&full) {
-                    Ok(real) if real.starts_with(&self.canonical_root) => {}
+                    // A symlink into edgebuild's or git's directories would let a stage's
+                    // output reach them (SPEC.md, "Pipeline files").
+                    Ok(real) if real.starts_with(&self.canonical_root) => {
+                        let top = real
+                            .strip_prefix(&self.canonical_root)
+                            .ok()
+                            .and_then(|rel| rel.components().next())
+                            .and_then(|c| c.as_os_str().to_str());
+                        match top {
+                            None => return Err("goes through a symlink to the workspace root"),
+                            Some(top) if crate::layout::RESERVED.contains(&top) => {
+                                return Err(
+                                    "goes through a symlink into a directory that belongs to edgebuild (pipelines/, cache/, .edgebuild/) or git",
+                                );
+                            }
+                            Some(_) => {}
+                        }
+                    }
                     _ => return Err("goes through a symlink that leaves the workspace"),
                 }
             } else if meta.is_dir() || i + 1 == parts.len() {

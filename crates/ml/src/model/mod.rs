@@ -177,6 +177,27 @@ impl FloatWeights {
                 ));
             }
             let tensor = tensor.to_dtype(DType::F32).map_err(|e| e.to_string())?;
+            // A NaN or infinite weight would be quantized, cached and shipped (SPEC.md,
+            // "Models"): refused, naming the tensor and the element.
+            let values = tensor
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| e.to_string())?;
+            if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+                let mut index = Vec::new();
+                let mut rest = at;
+                for &dim in spec.shape.iter().rev() {
+                    index.push(rest % dim.max(1));
+                    rest /= dim.max(1);
+                }
+                index.reverse();
+                return Err(format!(
+                    "{}: tensor `{}` element {index:?} is {}: weights must be finite numbers",
+                    path.display(),
+                    spec.name,
+                    values[at]
+                ));
+            }
             tensors.insert(spec.name, tensor);
         }
         let mut extra: Vec<&String> = raw
@@ -409,6 +430,38 @@ impl QuantModel {
         }
         let err = |e: candle_core::Error| format!("{name}: {e}");
         let content = gguf_file::Content::read(&mut file).map_err(err)?;
+        // candle sizes a tensor from its header's shape: check every one against the file
+        // first, with no arithmetic that can overflow (SPEC.md, "Limits").
+        let file_len = file
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(|e| format!("{name}: {e}"))?;
+        for (tensor, info) in &content.tensor_infos {
+            let elems = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d));
+            let block = info.ggml_dtype.block_size().max(1);
+            // An empty tensor is refused too: candle would view its (dangling) buffer as blocks.
+            let bytes = elems
+                .filter(|&e| e > 0 && e % block == 0)
+                .and_then(|e| (e / block).checked_mul(info.ggml_dtype.type_size()))
+                .map(|b| b as u64);
+            let fits = bytes.is_some_and(|b| {
+                content
+                    .tensor_data_offset
+                    .checked_add(info.offset)
+                    .and_then(|start| start.checked_add(b))
+                    .is_some_and(|end| end <= file_len)
+            });
+            if !fits {
+                return Err(format!(
+                    "{name}: tensor `{tensor}` of shape {:?} ({:?}) is empty or does not fit in the file",
+                    info.shape.dims(),
+                    info.ggml_dtype
+                ));
+            }
+        }
         let text = match content.metadata.get(gguf_keys::MODEL) {
             Some(gguf_file::Value::String(s)) => s.clone(),
             _ => {

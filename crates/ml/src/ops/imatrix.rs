@@ -88,7 +88,14 @@ impl Op for Imatrix {
             &["weights", "architecture", "calibration"],
             &[],
             &["imatrix"],
-        )
+        )?;
+        let params: ImatrixParams = edgebuild_engine::op::stage_params(stage)?;
+        if params.max_samples == Some(0) {
+            return Err(
+                "params: `max_samples: 0` leaves no calibration sample: give at least 1".into(),
+            );
+        }
+        Ok(())
     }
 
     fn run(&self, ctx: &OpContext) -> Result<OpOutcome, OpError> {

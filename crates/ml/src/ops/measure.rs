@@ -27,6 +27,38 @@ struct MeasureParams {
     profile: String,
 }
 
+/// The most timed or warm-up runs a `measure` stage makes (SPEC.md, "Limits").
+pub const MAX_RUNS: usize = 1_000_000;
+
+impl MeasureParams {
+    fn check(&self) -> Result<(), String> {
+        if self.runs == 0 || self.runs > MAX_RUNS {
+            return Err(format!(
+                "params: `runs: {}` is not a number of timed runs: give 1 to {MAX_RUNS}",
+                self.runs
+            ));
+        }
+        if self.warmup > MAX_RUNS {
+            return Err(format!(
+                "params: `warmup: {}` is not a number of warm-up runs: give 0 to {MAX_RUNS}",
+                self.warmup
+            ));
+        }
+        let valid = !self.profile.is_empty()
+            && self
+                .profile
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        if !valid {
+            return Err(format!(
+                "params: `profile: {}` is not a device profile name",
+                self.profile
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn default_runs() -> usize {
     200
 }
@@ -53,7 +85,8 @@ impl Op for Measure {
                 "measured timings are not reproducible: declare the stage `volatile: true`".into(),
             );
         }
-        Ok(())
+        let params: MeasureParams = edgebuild_engine::op::stage_params(stage)?;
+        params.check()
     }
 
     fn fingerprint(&self) -> std::collections::BTreeMap<String, String> {
@@ -62,13 +95,26 @@ impl Op for Measure {
 
     fn run(&self, ctx: &OpContext) -> Result<OpOutcome, OpError> {
         let params: MeasureParams = edgebuild_engine::op::params(ctx)?;
+        params.check().map_err(OpError::BadInput)?;
         let model = QuantModel::load(ctx.input("model")?).map_err(OpError::BadInput)?;
         let data = Dataset::load(ctx.input("data")?, &model.arch.input_shape)
             .map_err(OpError::BadInput)?;
         let report = edgebuild_engine::op::read_json(ctx.input("report")?)?;
-        let predicted = report["predicted"][&params.profile]["latency_ms"].as_f64();
+        let Some(predicted) = report["predicted"].get(&params.profile) else {
+            let known: Vec<&str> = report["predicted"]
+                .as_object()
+                .map(|m| m.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            return Err(OpError::BadInput(format!(
+                "{}: profile `{}` is not in the report (its profiles: {})",
+                ctx.stage_id,
+                params.profile,
+                known.join(", ")
+            )));
+        };
+        let predicted = predicted["latency_ms"].as_f64();
         let mut times = Vec::with_capacity(params.runs);
-        for i in 0..params.warmup + params.runs.max(1) {
+        for i in 0..params.warmup + params.runs {
             let x = data.x.narrow(0, i % data.len(), 1).map_err(super::candle)?;
             let start = Instant::now();
             let y = model.forward(&x).map_err(super::candle)?;

@@ -44,7 +44,15 @@ pub fn registry() -> OpRegistry {
 
 /// A candle error as an op failure.
 pub fn candle(e: candle_core::Error) -> OpError {
-    OpError::Failed(e.to_string())
+    OpError::Failed(candle_message(e))
+}
+
+/// A candle error's message without the backtrace candle may have captured into it.
+pub fn candle_message(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
+        e => e.to_string(),
+    }
 }
 
 /// What changes the numbers of ops that run candle kernels (SPEC.md, "Built-in ops"): the CPU

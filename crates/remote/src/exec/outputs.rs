@@ -235,6 +235,16 @@ impl RemoteExecutor {
         let fail = |e: std::io::Error, rel: &str| {
             CollectError::Fault(Fault(format!("cannot write output {rel}: {e}")))
         };
+        // Every output passes the engine's path guard before it is replaced (SPEC.md, "Path
+        // guard").
+        for output in &job.stage.outputs {
+            if let Err(why) = job.guard.output(&output.path, &job.stage.id) {
+                return Err(CollectError::Fault(Fault(format!(
+                    "refusing to write output {}: it {why}",
+                    output.path
+                ))));
+            }
+        }
         for file in &result.output_files {
             let digest = file.digest.clone().unwrap_or_default();
             let _ = edgebuild_engine::files::remove_path(&job.root.join(&file.path));
