@@ -453,11 +453,18 @@ fn device_tools(ctx: &Context, found: &mut Vec<Finding>) {
             continue;
         }
         match version {
-            Some(v) => found.push(finding("device tools", Level::Ok, format!("{tool}: {v}"), None)),
+            Some(v) => found.push(finding(
+                "device tools",
+                Level::Ok,
+                format!("{tool}: {v}"),
+                None,
+            )),
             None => found.push(finding(
                 "device tools",
                 Level::Fail,
-                format!("{tool} is not installed: the pipelines' runtime and firmware stages need it"),
+                format!(
+                    "{tool} is not installed: the pipelines' runtime and firmware stages need it"
+                ),
                 Some(hint),
             )),
         }

@@ -58,7 +58,10 @@ fn the_int8_firmware_is_bit_exact_on_the_board_and_its_figures_are_real() {
     assert_eq!(device["board"], "mps2-an500");
     assert_eq!(device["samples"], 360);
     assert_eq!(device["mismatches"], 0, "{device}");
-    assert_eq!(device["output_sha256"], host["output_sha256"], "device = host");
+    assert_eq!(
+        device["output_sha256"], host["output_sha256"],
+        "device = host"
+    );
     assert_eq!(device["ram"]["arena"].as_u64().unwrap(), arena);
     // The MLP's 19,008 MACs take real instructions: more than one per MAC on a Cortex-M7
     // without SIMD over 8-bit lanes, and not a hundred.
@@ -201,10 +204,18 @@ fn bad_int8_and_device_inputs_get_clear_errors() {
 
     // Params checked when the pipeline loads.
     let ws = digits_int8();
-    edit(&ws, "params: {profile: cortex-m7}", "params: {profile: cortex-m7, samples: 0}");
+    edit(
+        &ws,
+        "params: {profile: cortex-m7}",
+        "params: {profile: cortex-m7, samples: 0}",
+    );
     let out = ws.run(&["plan", "digits-int8"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("samples must be at least 1"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("samples must be at least 1"),
+        "{}",
+        stderr(&out)
+    );
 
     // A board edgebuild does not emulate; a profile without a clock.
     let ws = digits_int8();
@@ -213,7 +224,11 @@ fn bad_int8_and_device_inputs_get_clear_errors() {
         "devices/profiles.yaml",
         &profiles.replace("board: mps2-an500", "board: stm32-nucleo"),
     );
-    assert_bad_input(&ws, "digits-int8:firmware", "board `stm32-nucleo` is not one");
+    assert_bad_input(
+        &ws,
+        "digits-int8:firmware",
+        "board `stm32-nucleo` is not one",
+    );
     ws.write(
         "devices/profiles.yaml",
         &profiles.replace("    clock_mhz: 480\n", ""),
@@ -225,11 +240,7 @@ fn bad_int8_and_device_inputs_get_clear_errors() {
     let ws = digits_int8();
     ws.build(&["digits-int8:runtime"], 0);
     let bin = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(
-        which("cc").expect("a C compiler"),
-        bin.path().join("cc"),
-    )
-    .unwrap();
+    std::os::unix::fs::symlink(which("cc").expect("a C compiler"), bin.path().join("cc")).unwrap();
     let out = ws
         .command()
         .env("PATH", bin.path())
@@ -255,7 +266,10 @@ fn bad_int8_and_device_inputs_get_clear_errors() {
     assert_ne!(hang, model_c);
     let yaml = ws.read("pipelines/digits-int8.yaml");
     let yaml = yaml
-        .replace("sources: out/digits-int8/runtime\n      model", "sources: hang\n      model")
+        .replace(
+            "sources: out/digits-int8/runtime\n      model",
+            "sources: hang\n      model",
+        )
         .replace(
             "params: {profile: cortex-m7}",
             "params: {profile: cortex-m7, samples: 1, timeout_s: 3}",
@@ -269,7 +283,11 @@ fn bad_int8_and_device_inputs_get_clear_errors() {
     ws.write("hang/eb_model.c", &hang);
     let out = ws.run(&["build", "digits-int8:firmware"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no result after 3 s"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no result after 3 s"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!ws.exists("out/digits-int8/device.json"));
     assert!(!ws.exists("out/digits-int8/firmware.elf"));
 }

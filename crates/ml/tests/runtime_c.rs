@@ -142,7 +142,9 @@ fn the_generated_runtime_compiles_everywhere_and_is_bit_exact_on_this_host() {
             ("arm-none-eabi-gcc", vec!["-mcpu=cortex-m7", "-mthumb"]),
             ("arm-none-eabi-gcc", vec!["-mcpu=cortex-m55", "-mthumb"]),
         ] {
-            let obj_dir = tmp.path().join(format!("{}-{cc}-{}", case.name, extra.len()));
+            let obj_dir = tmp
+                .path()
+                .join(format!("{}-{cc}-{}", case.name, extra.len()));
             std::fs::create_dir_all(&obj_dir).unwrap();
             for c in c_files(&src) {
                 let obj = obj_dir.join(Path::new(&c).with_extension("o").file_name().unwrap());
@@ -189,7 +191,11 @@ fn the_generated_runtime_compiles_everywhere_and_is_bit_exact_on_this_host() {
         let input_file = tmp.path().join(format!("{}.in", case.name));
         std::fs::write(
             &input_file,
-            inputs.iter().flatten().map(|&v| v as u8).collect::<Vec<u8>>(),
+            inputs
+                .iter()
+                .flatten()
+                .map(|&v| v as u8)
+                .collect::<Vec<u8>>(),
         )
         .unwrap();
         let out_file = tmp.path().join(format!("{}.out", case.name));
@@ -202,7 +208,11 @@ fn the_generated_runtime_compiles_everywhere_and_is_bit_exact_on_this_host() {
             .map(|v| v as u8)
             .collect();
         assert_eq!(got.len(), want.len(), "{}", case.name);
-        assert!(got == want, "{}: host outputs differ from the reference", case.name);
+        assert!(
+            got == want,
+            "{}: host outputs differ from the reference",
+            case.name
+        );
 
         let trace_file = tmp.path().join(format!("{}.trace", case.name));
         run(Command::new(&trace_host)

@@ -16,18 +16,9 @@ pub const ARENA_ALIGN: usize = 16;
 
 /// The runtime's own sources, shipped beside the generated model.
 pub const RUNTIME_FILES: &[(&str, &str)] = &[
-    (
-        "eb_kernels.h",
-        include_str!("../../runtime/eb_kernels.h"),
-    ),
-    (
-        "eb_internal.h",
-        include_str!("../../runtime/eb_internal.h"),
-    ),
-    (
-        "eb_kernels.c",
-        include_str!("../../runtime/eb_kernels.c"),
-    ),
+    ("eb_kernels.h", include_str!("../../runtime/eb_kernels.h")),
+    ("eb_internal.h", include_str!("../../runtime/eb_internal.h")),
+    ("eb_kernels.c", include_str!("../../runtime/eb_kernels.c")),
     ("eb_conv.c", include_str!("../../runtime/eb_conv.c")),
 ];
 
@@ -110,30 +101,31 @@ pub fn plan_arena(model: &Int8Model, goal: ArenaGoal) -> Result<ArenaPlan, Strin
         .collect();
     let bad = |e| format!("the arena cannot be planned: {e:?}");
     // (lifetimes, owners, plan) with the scratch of the nodes in `with`
-    let plan_with = |with: &[bool]| -> Result<(Vec<TensorLife>, Vec<Result<usize, usize>>, Plan), String> {
-        let mut lives = Vec::new();
-        let mut owners = Vec::new(); // Ok(tensor root) or Err(node index) for scratch
-        for (&t, &(first, last)) in &life {
-            lives.push(TensorLife {
-                size: model.tensors[t].len(),
-                first,
-                last,
-            });
-            owners.push(Ok(t));
-        }
-        for (k, &(i, size)) in scratch.iter().enumerate() {
-            if with[k] {
+    let plan_with =
+        |with: &[bool]| -> Result<(Vec<TensorLife>, Vec<Result<usize, usize>>, Plan), String> {
+            let mut lives = Vec::new();
+            let mut owners = Vec::new(); // Ok(tensor root) or Err(node index) for scratch
+            for (&t, &(first, last)) in &life {
                 lives.push(TensorLife {
-                    size,
-                    first: i,
-                    last: i,
+                    size: model.tensors[t].len(),
+                    first,
+                    last,
                 });
-                owners.push(Err(i));
+                owners.push(Ok(t));
             }
-        }
-        let plan = plan_best(&lives, ARENA_ALIGN).map_err(bad)?;
-        Ok((lives, owners, plan))
-    };
+            for (k, &(i, size)) in scratch.iter().enumerate() {
+                if with[k] {
+                    lives.push(TensorLife {
+                        size,
+                        first: i,
+                        last: i,
+                    });
+                    owners.push(Err(i));
+                }
+            }
+            let plan = plan_best(&lives, ARENA_ALIGN).map_err(bad)?;
+            Ok((lives, owners, plan))
+        };
     let mut with = vec![true; scratch.len()];
     let (mut lives, mut owners, mut plan) = plan_with(&with)?;
     if goal == ArenaGoal::Small {

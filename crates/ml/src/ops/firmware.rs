@@ -98,7 +98,10 @@ impl Op for Firmware {
 
     fn fingerprint(&self) -> std::collections::BTreeMap<String, String> {
         [
-            ("arm-none-eabi-gcc".to_string(), toolchain::fingerprint(CROSS_CC)),
+            (
+                "arm-none-eabi-gcc".to_string(),
+                toolchain::fingerprint(CROSS_CC),
+            ),
             ("qemu-system-arm".to_string(), toolchain::fingerprint(QEMU)),
         ]
         .into()
@@ -113,8 +116,15 @@ impl Op for Firmware {
                 "{}: no profile `{}` in {}; it has {}",
                 ctx.stage_id,
                 params.profile,
-                ctx.input("profiles").map(|p| p.display().to_string()).unwrap_or_default(),
-                profiles.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                ctx.input("profiles")
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                profiles
+                    .profiles
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?;
         let board = board_of(&params.profile, profile).map_err(OpError::BadInput)?;
@@ -169,7 +179,16 @@ impl Op for Firmware {
         ]
         .into_iter()
         .chain(toolchain::STRICT_FLAGS.iter().map(|s| s.to_string()))
-        .chain(["-O2", "-ffunction-sections", "-fdata-sections", "-fno-common", "-I."].map(String::from))
+        .chain(
+            [
+                "-O2",
+                "-ffunction-sections",
+                "-fdata-sections",
+                "-fno-common",
+                "-I.",
+            ]
+            .map(String::from),
+        )
         .chain([format!("-D{}", board.define), format!("-DEB_SAMPLES={n}")])
         .collect();
         let mut objects = Vec::new();
@@ -178,7 +197,10 @@ impl Op for Firmware {
             .into_iter()
             .chain(units)
         {
-            let obj = format!("{}.o", unit.rsplit_once('.').map_or(unit.as_str(), |(s, _)| s));
+            let obj = format!(
+                "{}.o",
+                unit.rsplit_once('.').map_or(unit.as_str(), |(s, _)| s)
+            );
             let mut args = common.clone();
             args.extend(["-c".into(), unit.clone(), "-o".into(), obj.clone()]);
             toolchain::run(CROSS_CC, &args, w, Duration::from_secs(900))
@@ -187,7 +209,13 @@ impl Op for Firmware {
         }
         let mut args = common;
         args.extend(
-            ["-nostartfiles", "-Wl,--gc-sections", "-Wl,--strip-debug", "-T"].map(String::from),
+            [
+                "-nostartfiles",
+                "-Wl,--gc-sections",
+                "-Wl,--strip-debug",
+                "-T",
+            ]
+            .map(String::from),
         );
         args.push(board.linker_script.into());
         args.extend(["-o".into(), "firmware.elf".into()]);
@@ -221,8 +249,12 @@ impl Op for Firmware {
         ]
         .map(String::from)
         .to_vec();
-        toolchain::run(QEMU, &qemu_args, w, timeout)
-            .map_err(|e| tool_error(&format!("{}: the run on {}", ctx.stage_id, board.machine), e))?;
+        toolchain::run(QEMU, &qemu_args, w, timeout).map_err(|e| {
+            tool_error(
+                &format!("{}: the run on {}", ctx.stage_id, board.machine),
+                e,
+            )
+        })?;
         let outputs = std::fs::read(w.join("output.bin")).map_err(fail)?;
         if outputs.len() != n * out_len {
             return Err(fail(format!(

@@ -59,10 +59,7 @@ pub(crate) fn quantized_inputs(
         .and_then(|t| t.to_vec1::<f32>())
         .map_err(|e| e.to_string())?;
     let per = flat.len() / n;
-    Ok(flat
-        .chunks(per)
-        .map(|s| model.quantize_input(s))
-        .collect())
+    Ok(flat.chunks(per).map(|s| model.quantize_input(s)).collect())
 }
 
 /// The SHA-256 of a list of outputs, concatenated.
@@ -112,13 +109,13 @@ pub(crate) fn c_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 /// Compiles `sources` with the host harness into `work/host`, warnings as errors.
 fn build_host(sources: &Path, work: &Path, trace: bool) -> Result<PathBuf, OpError> {
     let harness = work.join("host_main.c");
-    std::fs::write(
-        &harness,
-        include_str!("../../runtime/harness/host_main.c"),
-    )
-    .map_err(|e| OpError::Failed(e.to_string()))?;
+    std::fs::write(&harness, include_str!("../../runtime/harness/host_main.c"))
+        .map_err(|e| OpError::Failed(e.to_string()))?;
     let exe = work.join(if trace { "host_trace" } else { "host" });
-    let mut args: Vec<String> = toolchain::STRICT_FLAGS.iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> = toolchain::STRICT_FLAGS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     args.extend(["-O2".into(), "-I".into(), sources.display().to_string()]);
     if trace {
         args.push("-DEB_MODEL_TRACE".into());
