@@ -83,7 +83,7 @@ impl Op for Firmware {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn check(&self, stage: &edgebuild_engine::stage::Stage) -> Result<(), String> {

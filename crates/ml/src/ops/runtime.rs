@@ -199,7 +199,7 @@ impl Op for Runtime {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn check(&self, stage: &edgebuild_engine::stage::Stage) -> Result<(), String> {
