@@ -72,8 +72,9 @@ fn alias_roots(model: &Int8Model) -> Vec<usize> {
 
 /// Plans the arena: tensors (a view shares its input's bytes) live from the node that writes
 /// them to the last that reads them (the input from the start, the output to the end); a
-/// node's scratch lives during that node. With [`ArenaGoal::Small`], a node's scratch is
-/// dropped wherever dropping it makes the arena smaller, largest scratch first.
+/// node's scratch lives during that node. With [`ArenaGoal::Small`], the plan starts without
+/// any scratch and gives each node its scratch back, largest first, where the arena does not
+/// grow.
 pub fn plan_arena(model: &Int8Model, goal: ArenaGoal) -> Result<ArenaPlan, String> {
     let n_nodes = model.nodes.len();
     let root = alias_roots(model);
@@ -129,15 +130,19 @@ pub fn plan_arena(model: &Int8Model, goal: ArenaGoal) -> Result<ArenaPlan, Strin
     let mut with = vec![true; scratch.len()];
     let (mut lives, mut owners, mut plan) = plan_with(&with)?;
     if goal == ArenaGoal::Small {
+        // from no scratch at all (the smallest arena), give each kernel its scratch back,
+        // largest first, wherever the arena does not grow
+        with = vec![false; scratch.len()];
+        (lives, owners, plan) = plan_with(&with)?;
         let mut order: Vec<usize> = (0..scratch.len()).collect();
         order.sort_by_key(|&k| std::cmp::Reverse(scratch[k].1));
         for k in order {
-            with[k] = false;
+            with[k] = true;
             let trial = plan_with(&with)?;
-            if trial.2.total < plan.total {
+            if trial.2.total <= plan.total {
                 (lives, owners, plan) = trial;
             } else {
-                with[k] = true;
+                with[k] = false;
             }
         }
     }
