@@ -130,7 +130,11 @@ fn a_fresh_clone_builds_digits_from_the_remote_without_running_a_stage() {
             "{file}"
         );
     }
-    // Nothing volatile went to the server: the latency file's hash is not there.
+    // Nothing volatile went to the server: the latency file's hash is not there (nor in the
+    // lock, which records no hash of a volatile output).
+    let lock: Value = serde_json::from_str(&writer.read("pipelines/digits.lock")).unwrap();
+    let locked = &lock["stages"]["measure"]["outputs"]["out/digits/latency.json"];
+    assert_eq!(locked, &serde_json::json!({"volatile": true}));
     let latency = common::sha256_of(&writer.file("out/digits/latency.json"));
     assert!(!server.files().iter().any(|f| f.ends_with(&latency)));
 }

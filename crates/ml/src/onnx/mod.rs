@@ -572,6 +572,18 @@ impl Converter {
             self.consts.insert(out, value);
             return Ok(());
         }
+        // The inputs each op reads by position: too few is an error, never out of bounds.
+        let needs = match op {
+            "Conv" | "Gemm" | "MatMul" | "Reshape" | "Add" | "Sub" | "Mul" | "Div" => 2,
+            "Constant" => 0,
+            _ => 1,
+        };
+        if node.input.len() < needs {
+            return Err(format!(
+                "has {} input(s); {op} reads at least {needs}",
+                node.input.len()
+            ));
+        }
         match op {
             "Identity" | "Dropout" => {
                 let (ours, shape) = self.act(&node.input[0])?;
@@ -1156,7 +1168,10 @@ impl Converter {
     /// not one that folds.
     fn fold(&self, node: &proto::NodeProto) -> Result<Option<Const>, String> {
         let attrs = Attrs(&node.attribute);
-        let c = |i: usize| -> Result<&Const, String> { self.constant(&node.input[i]) };
+        // A missing input reads as absent (""), which `constant` refuses: never out of bounds.
+        let c = |i: usize| -> Result<&Const, String> {
+            self.constant(node.input.get(i).map_or("", String::as_str))
+        };
         let ints = |v: Vec<i64>| Const {
             shape: vec![v.len()],
             data: Data::I(v),
