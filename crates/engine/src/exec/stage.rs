@@ -339,11 +339,11 @@ impl Aside {
         };
         for port in &spec.outputs {
             let path = ctx.root().join(&port.path);
-            if std::fs::symlink_metadata(&path).is_ok() {
-                if let Err(e) = aside.move_one(ctx, &port.path, &path) {
-                    let _ = aside.put_back();
-                    return Err(e);
-                }
+            if std::fs::symlink_metadata(&path).is_ok()
+                && let Err(e) = aside.move_one(ctx, &port.path, &path)
+            {
+                let _ = aside.put_back();
+                return Err(e);
             }
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;

@@ -396,7 +396,7 @@ impl Snippet {
         let len = new_end.saturating_sub(new_start);
         (
             snippet,
-            SourceSpan::from((new_start, len.max(usize::from(span.len() > 0)))),
+            SourceSpan::from((new_start, len.max(usize::from(!span.is_empty())))),
         )
     }
 }
