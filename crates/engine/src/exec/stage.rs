@@ -325,7 +325,7 @@ fn run(
 /// a committed file that the stage regenerates; nothing is deleted before the stage made its
 /// replacement.
 struct Aside {
-    /// `.edgebuild/aside/run-XXXX/`, made when the first output is moved.
+    /// `.edgebuild/aside/run-<random suffix>/`, made when the first output is moved.
     dir: Option<tempfile::TempDir>,
     /// (where the output was, where it is now), in the order they were moved.
     moved: Vec<(std::path::PathBuf, std::path::PathBuf)>,

@@ -271,6 +271,42 @@ fn blob_array(out: &mut String, ident: &str, name: &str, blob: &Blob) {
     out.push_str("};\n");
 }
 
+/// The requantization table and bias of a MAC kernel (conv, depthwise, fully connected) as C,
+/// and the init check that the runtime's scratch fits its planned place.
+#[allow(clippy::too_many_arguments)]
+fn mac_constants(
+    src: &mut String,
+    scratch_checks: &mut String,
+    model: &Int8Model,
+    idents: &BTreeMap<&str, String>,
+    i: usize,
+    (mult, shift, bias): (&str, &str, Option<&String>),
+    scratch_fn: &str,
+    has_scratch: bool,
+) -> Result<String, String> {
+    let n = match model.blobs.get(mult) {
+        Some(b) => b.bytes() / 4,
+        None => return Err(format!("constant `{mult}` is missing")),
+    };
+    let _ = writeln!(
+        src,
+        "static const eb_requant eb_rq{i} = {{{}, {}, {n}}};",
+        ident_of(idents, mult)?,
+        ident_of(idents, shift)?
+    );
+    if has_scratch {
+        let planned = model.nodes[i].kernel.scratch_bytes();
+        let _ = writeln!(
+            scratch_checks,
+            "    if ({scratch_fn}(&eb_p{i}) > {planned}u) {{\n        return EB_ERR_PARAM;\n    }}"
+        );
+    }
+    match bias {
+        Some(b) => ident_of(idents, b),
+        None => Ok("(const int32_t *)0".to_string()),
+    }
+}
+
 /// The model's C header and source.
 pub fn generate(model: &Int8Model, goal: ArenaGoal) -> Result<Generated, String> {
     model.check()?;
@@ -438,32 +474,21 @@ static union {{
                 shift,
             } => {
                 conv_params(&mut src, &p, params);
-                let n = match model.blobs.get(mult.as_str()) {
-                    Some(b) => b.bytes() / 4,
-                    None => return Err(format!("constant `{mult}` is missing")),
-                };
-                let _ = writeln!(
-                    src,
-                    "static const eb_requant eb_rq{i} = {{{}, {}, {n}}};",
-                    ident_of(&idents, mult)?,
-                    ident_of(&idents, shift)?
-                );
-                let bias = match bias {
-                    Some(b) => ident_of(&idents, b)?,
-                    None => "(const int32_t *)0".to_string(),
-                };
                 let (f, sf) = if matches!(node.kernel, Kernel::Conv { .. }) {
                     ("eb_conv2d", "eb_conv2d_scratch_bytes")
                 } else {
                     ("eb_depthwise_conv2d", "eb_depthwise_conv2d_scratch_bytes")
                 };
-                let planned = node.kernel.scratch_bytes();
-                if arena.scratch_offsets[i].is_some() {
-                    let _ = writeln!(
-                        scratch_checks,
-                        "    if ({sf}(&{p}) > {planned}u) {{\n        return EB_ERR_PARAM;\n    }}"
-                    );
-                }
+                let bias = mac_constants(
+                    &mut src,
+                    &mut scratch_checks,
+                    model,
+                    &idents,
+                    i,
+                    (mult, shift, bias.as_ref()),
+                    sf,
+                    arena.scratch_offsets[i].is_some(),
+                )?;
                 format!(
                     "{f}(&{p}, &eb_rq{i}, {}, {}, {bias}, {y}, {scratch})",
                     x(0)?,
@@ -478,27 +503,16 @@ static union {{
                 shift,
             } => {
                 fc_params(&mut src, &p, params);
-                let n = match model.blobs.get(mult.as_str()) {
-                    Some(b) => b.bytes() / 4,
-                    None => return Err(format!("constant `{mult}` is missing")),
-                };
-                let _ = writeln!(
-                    src,
-                    "static const eb_requant eb_rq{i} = {{{}, {}, {n}}};",
-                    ident_of(&idents, mult)?,
-                    ident_of(&idents, shift)?
-                );
-                let bias = match bias {
-                    Some(b) => ident_of(&idents, b)?,
-                    None => "(const int32_t *)0".to_string(),
-                };
-                let planned = node.kernel.scratch_bytes();
-                if arena.scratch_offsets[i].is_some() {
-                    let _ = writeln!(
-                        scratch_checks,
-                        "    if (eb_fully_connected_scratch_bytes(&{p}) > {planned}u) {{\n        return EB_ERR_PARAM;\n    }}"
-                    );
-                }
+                let bias = mac_constants(
+                    &mut src,
+                    &mut scratch_checks,
+                    model,
+                    &idents,
+                    i,
+                    (mult, shift, bias.as_ref()),
+                    "eb_fully_connected_scratch_bytes",
+                    arena.scratch_offsets[i].is_some(),
+                )?;
                 format!(
                     "eb_fully_connected(&{p}, &eb_rq{i}, {}, {}, {bias}, {y}, {scratch})",
                     x(0)?,
