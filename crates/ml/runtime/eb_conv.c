@@ -5,7 +5,7 @@
  * Two code paths give identical integers:
  *  - portable: the int8 arithmetic's formulas, literally (loops over valid taps,
  *    eb_requantize per output);
- *  - DSP (EB_DSP, i.e. __ARM_FEATURE_DSP or EB_EMULATE_DSP): CMSIS-NN-style.
+ *  - scratch (every build; DSP intrinsics, native or emulated): CMSIS-NN-style.
  *    Conv: im2col of two output pixels into int16 (x - zp, padding 0) in the
  *    "pair layout" described below, then a 2x2 (2 channels x 2 pixels) SMLAD
  *    block kernel; 1x1 stride-1 convs skip im2col (the column is the pixel).
@@ -18,7 +18,7 @@
  *    (they need all 14 allocatable registers); elsewhere the same algorithm
  *    runs as C with intrinsics.  Both are covered by the tests.
  *
- * Scratch layout (DSP path; the portable path needs none but the size
+ * Scratch layout (scratch path; the portable path needs none but the size
  * functions report the same number on every build so that a plan made on the
  * host is valid on any target):
  *  conv:      [rq table: out_c x 24 B][int8 gather: K B][2 columns: (2K + 8) x int16]
@@ -203,9 +203,8 @@ static void eb_fc_portable(const eb_fc_params *p, const eb_requant *rq,
 }
 
 /* ------------------------------------------------------------------------ */
-/* DSP paths                                                                 */
+/* Scratch paths (DSP intrinsics, native or emulated)                        */
 /* ------------------------------------------------------------------------ */
-#if EB_DSP
 
 /* Requantization of one output: fast form when the table allows it. */
 typedef struct {
@@ -1341,7 +1340,6 @@ static void eb_fc_dsp(const eb_fc_params *p, const eb_requant *rq,
                    out + (size_t)b * p->out_features);
     }
 }
-#endif /* EB_DSP */
 
 /* ------------------------------------------------------------------------ */
 /* Public entry points                                                       */
@@ -1357,13 +1355,10 @@ int eb_conv2d(const eb_conv_params *p, const eb_requant *rq,
         output == NULL) {
         return EB_ERR_PARAM;
     }
-#if EB_DSP
     if (p->groups == 1 && scratch != NULL) {
         eb_conv2d_dsp(p, rq, input, weights, bias, output, scratch);
         return EB_OK;
     }
-#endif
-    (void)scratch;
     eb_conv2d_portable(p, rq, input, weights, bias, output);
     return EB_OK;
 }
@@ -1377,13 +1372,10 @@ int eb_depthwise_conv2d(const eb_conv_params *p, const eb_requant *rq,
         input == NULL || weights == NULL || output == NULL) {
         return EB_ERR_PARAM;
     }
-#if EB_DSP
     if (scratch != NULL) {
         eb_dw_dsp(p, rq, input, weights, bias, output, scratch);
         return EB_OK;
     }
-#endif
-    (void)scratch;
     eb_dw_portable(p, rq, input, weights, bias, output);
     return EB_OK;
 }
@@ -1398,13 +1390,10 @@ int eb_fully_connected(const eb_fc_params *p, const eb_requant *rq,
         output == NULL) {
         return EB_ERR_PARAM;
     }
-#if EB_DSP
     if (scratch != NULL) {
         eb_fc_dsp(p, rq, input, weights, bias, output, scratch);
         return EB_OK;
     }
-#endif
-    (void)scratch;
     eb_fc_portable(p, rq, input, weights, bias, output);
     return EB_OK;
 }

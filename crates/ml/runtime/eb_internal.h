@@ -1,8 +1,8 @@
 /*
  * eb_internal.h -- private helpers shared by the eb_*.c kernel files.
  *
- * Owns: the choice of code path (portable C or DSP), thin wrappers over the
- * ACLE DSP intrinsics (or their exact portable emulation), unaligned loads,
+ * Owns: thin wrappers over the ACLE DSP intrinsics (or their exact portable
+ * emulation where the core lacks them, or under EB_EMULATE_DSP), unaligned loads,
  * and the fast exact requantization used by the hot kernels.
  * Not part of the kernel API.
  */
@@ -12,8 +12,11 @@
 #include <string.h>
 #include "eb_kernels.h"
 
-#if !defined(EB_FORCE_PORTABLE) && \
-    (defined(__ARM_FEATURE_DSP) || defined(EB_EMULATE_DSP))
+/* The scratch path of the MAC kernels is compiled on every build (the
+ * generated model may run them in place, which only that path allows):
+ * with the DSP intrinsics on cores that have them (EB_DSP 1), with their
+ * exact emulation elsewhere (EB_DSP 0). */
+#if defined(__ARM_FEATURE_DSP) && !defined(EB_EMULATE_DSP)
 #define EB_DSP 1
 #else
 #define EB_DSP 0
@@ -64,11 +67,11 @@ EB_INLINE void eb_write32(void *p, int32_t v)
 }
 
 /* ------------------------------------------------------------------------ */
-/* DSP intrinsics: real ACLE on Arm, exact emulation under EB_EMULATE_DSP.   */
+/* DSP intrinsics: real ACLE on Arm cores with the DSP extension, else exact */
+/* emulation (always under EB_EMULATE_DSP).                                  */
 /* All operate on int32_t holding packed halfwords/bytes.                    */
 /* ------------------------------------------------------------------------ */
 #if EB_DSP
-#if defined(__ARM_FEATURE_DSP) && !defined(EB_EMULATE_DSP)
 #include <arm_acle.h>
 #define EB_ARM_ASM 1
 EB_INLINE int32_t eb_smlad(int32_t a, int32_t b, int32_t acc)
@@ -133,7 +136,7 @@ EB_INLINE int32_t eb_pack_hi(int32_t a, int32_t b)
     return (int32_t)(((uint32_t)a >> 16) | ((uint32_t)b & 0xFFFF0000u));
 #endif
 }
-#else /* EB_EMULATE_DSP: bit-exact portable models of the instructions */
+#else /* no DSP extension, or EB_EMULATE_DSP: bit-exact portable models */
 EB_INLINE int32_t eb_lo16(int32_t a) { return (int32_t)(int16_t)(uint16_t)((uint32_t)a & 0xFFFFu); }
 EB_INLINE int32_t eb_hi16(int32_t a) { return (int32_t)(int16_t)(uint16_t)((uint32_t)a >> 16); }
 EB_INLINE int32_t eb_smlad(int32_t a, int32_t b, int32_t acc)
@@ -185,7 +188,6 @@ EB_INLINE int32_t eb_pack_hi(int32_t a, int32_t b)
     return (int32_t)(((uint32_t)a >> 16) | ((uint32_t)b & 0xFFFF0000u));
 }
 #endif
-#endif /* EB_DSP */
 
 /* ------------------------------------------------------------------------ */
 /* Fast exact requantization.                                                */

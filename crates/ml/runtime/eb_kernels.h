@@ -22,15 +22,24 @@
  *  - Integer overflow follows two's complement wrapping where the int8 arithmetic's
  *    reference code would overflow (x * (1 << left), MBQM(...) + zp).  The
  *    Rust reference does the same.
- *  - Input and output buffers of one call must not overlap (except where a
- *    kernel says otherwise).
+ *  - Input and output buffers of one call must not overlap (except in place,
+ *    below).
+ *
+ * In place (SPEC.md, "`runtime`", in place): with a scratch, eb_conv2d
+ * (groups 1) may write its output over its own input when the output starts
+ * at least the planner's gap before the input (output = input - gap, the gap
+ * computed from the geometry as SPEC.md states it), and eb_depthwise_conv2d
+ * (depth_mult 1) when the output starts at the input.  eb_add, eb_mul and
+ * eb_lut may write over an input of the output's shape.  Nothing else runs
+ * in place.
  *
  * Build-time switches:
  *  - __ARM_FEATURE_DSP (set by the compiler for Cortex-M4/M7/M33/M55...):
- *    hot loops (conv, depthwise, fully connected) use ACLE DSP intrinsics.
- *  - EB_EMULATE_DSP: compile that same DSP code path on any host, with the
- *    intrinsics emulated in portable C (for testing the DSP path natively).
- *  - EB_FORCE_PORTABLE: never use the DSP path.
+ *    the scratch paths of conv, depthwise and fully connected use the ACLE
+ *    DSP intrinsics; on other cores the same code runs with the intrinsics
+ *    emulated in portable C.
+ *  - EB_EMULATE_DSP: emulate the intrinsics even where the core has them
+ *    (for testing the emulation).
  */
 #ifndef EB_KERNELS_H
 #define EB_KERNELS_H
@@ -249,7 +258,8 @@ typedef struct {
 size_t eb_pad_scratch_bytes(const eb_pad_params *p);
 int eb_pad(const eb_pad_params *p, const int8_t *input, int8_t *output);
 
-/* 1 if this build uses the DSP (ACLE) code path, else 0. */
+/* 1 if the scratch paths use the core's DSP instructions (ACLE), 0 if they
+ * emulate them. */
 int eb_kernels_dsp_path(void);
 
 #ifdef __cplusplus

@@ -8,6 +8,8 @@
 //! - end to end: the whole QDQ model in ONNX Runtime picks edgebuild's top-1 class on ≥ 95%
 //!   of held-out inputs. (The per-node ±1 differences compound through a network, so whole
 //!   outputs differ by more than 1 LSB, most on the residual ResNet-8.)
+//! - the `.tflite` export in LiteRT's reference kernels, on edgebuild's own int8 inputs: top-1
+//!   agreement and values within 1 LSB ≥ 99% (TFLite's arithmetic is the int8 contract's).
 //! - against float: edgebuild's int8 models pick the float model's class at least as often
 //!   as the MLPerf Tiny reference int8 `.tflite` files (ai-edge-litert) do on the same
 //!   inputs. (Those were calibrated on the real data sets, edgebuild's on the synthetic
@@ -166,6 +168,59 @@ fn int8_models_agree_with_onnx_runtime_and_the_reference_tflite() {
         let within = within as f64 / total as f64;
         let agree = agree as f64 / n as f64;
         eprintln!("{name}: ORT QDQ: top-1 agreement {agree:.4}, values within 1 LSB {within:.4}");
+        // LiteRT's reference kernels on the .tflite export, fed edgebuild's own int8 inputs:
+        // TFLite's integer arithmetic, so the outputs agree to the LSB (softmax aside, whose
+        // table TFLite builds its own way).
+        let tfl = dir.path().join(format!("{name}.tflite"));
+        std::fs::write(&tfl, edgebuild_ml::int8::tflite::export(&model).unwrap()).unwrap();
+        let q_in: Vec<f32> = held
+            .chunks(per)
+            .flat_map(|s| model.quantize_input(s))
+            .map(|q| q as f32)
+            .collect();
+        let q_inp = dir.path().join(format!("{name}.q.npy"));
+        Tensor::from_vec(q_in, (n, per), &Device::Cpu)
+            .unwrap()
+            .write_npy(&q_inp)
+            .unwrap();
+        let tfl_out = dir.path().join(format!("{name}.litert.npy"));
+        python(&[
+            &format!("{TESTS}/python/tflite_int8.py"),
+            tfl.to_str().unwrap(),
+            q_inp.to_str().unwrap(),
+            tfl_out.to_str().unwrap(),
+        ]);
+        let lite: Vec<f32> = Tensor::read_npy(&tfl_out)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let raw: Vec<Vec<i8>> = held
+            .chunks(per)
+            .map(|s| model.run(&model.quantize_input(s)).unwrap())
+            .collect();
+        let (mut same, mut near, mut top) = (0usize, 0usize, 0usize);
+        for (k, row) in raw.iter().enumerate() {
+            let theirs = &lite[k * row.len()..(k + 1) * row.len()];
+            for (a, b) in row.iter().zip(theirs) {
+                same += usize::from(*a as f32 == *b);
+                near += usize::from((*a as f32 - b).abs() <= 1.0);
+            }
+            let r: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+            top += usize::from(argmax(&r) == argmax(theirs));
+        }
+        let values = (n * raw[0].len()) as f64;
+        let (same, near, top) = (
+            same as f64 / values,
+            near as f64 / values,
+            top as f64 / n as f64,
+        );
+        eprintln!(
+            "{name}: LiteRT on the .tflite export: top-1 agreement {top:.4}, values equal {same:.4}, within 1 LSB {near:.4}"
+        );
+        assert!(top >= 0.99, "{name}: top-1 agreement with LiteRT {top}");
+        assert!(near >= 0.99, "{name}: values within 1 LSB of LiteRT {near}");
         // Node by node, on edgebuild's own inputs to each node: ONNX Runtime's float
         // arithmetic and QuantizeLinear (round half to even) against edgebuild's integer
         // requantization (fixed-point multiplier, round half away): at most 1 LSB apart.

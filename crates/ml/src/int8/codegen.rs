@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::inplace::{self, InPlace};
 use super::planner::{Plan, TensorLife, plan_best, plan_greedy_tflm};
 use super::{Blob, ConvParams, FcParams, Int8Model, Kernel};
 
@@ -47,6 +48,8 @@ pub struct ArenaPlan {
     pub scratch_offsets: Vec<Option<usize>>,
     /// Nodes that have a scratch path but run without it (goal `small`).
     pub without_scratch: Vec<usize>,
+    /// Per node: whether it writes its output over an input, and how.
+    pub in_place: Vec<Option<InPlace>>,
 }
 
 /// The generated files.
@@ -70,107 +73,279 @@ fn alias_roots(model: &Int8Model) -> Vec<usize> {
     root
 }
 
-/// Plans the arena: tensors (a view shares its input's bytes) live from the node that writes
-/// them to the last that reads them (the input from the start, the output to the end); a
-/// node's scratch lives during that node. With [`ArenaGoal::Small`], the plan starts without
-/// any scratch and gives each node its scratch back, largest first, where the arena does not
-/// grow.
-pub fn plan_arena(model: &Int8Model, goal: ArenaGoal) -> Result<ArenaPlan, String> {
-    let n_nodes = model.nodes.len();
-    let root = alias_roots(model);
-    // lifetime per alias root
-    let mut life: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
-    let mut touch = |t: usize, at: usize| {
-        let e = life.entry(root[t]).or_insert((at, at));
-        e.0 = e.0.min(at);
-        e.1 = e.1.max(at);
-    };
-    touch(model.input, 0);
-    for (i, node) in model.nodes.iter().enumerate() {
-        for &t in &node.inputs {
-            touch(t, i);
-        }
-        touch(node.output, i);
-    }
-    touch(model.output, n_nodes.saturating_sub(1));
-    let scratch: Vec<(usize, usize)> = model
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, node)| (i, node.kernel.scratch_bytes()))
-        .filter(|&(_, s)| s > 0)
-        .collect();
-    let bad = |e| format!("the arena cannot be planned: {e:?}");
-    // (lifetimes, owners, plan) with the scratch of the nodes in `with`
-    let plan_with =
-        |with: &[bool]| -> Result<(Vec<TensorLife>, Vec<Result<usize, usize>>, Plan), String> {
-            let mut lives = Vec::new();
-            let mut owners = Vec::new(); // Ok(tensor root) or Err(node index) for scratch
-            for (&t, &(first, last)) in &life {
-                lives.push(TensorLife {
-                    size: model.tensors[t].len(),
-                    first,
-                    last,
-                });
-                owners.push(Ok(t));
+/// The planner's view of a model: alias roots, their lifetimes, each node's scratch size.
+struct Tensors<'a> {
+    model: &'a Int8Model,
+    root: Vec<usize>,
+    /// First and last node of each alias root that is ever computed or read.
+    life: BTreeMap<usize, (usize, usize)>,
+    scratch: Vec<usize>,
+}
+
+/// One candidate arrangement: which nodes get their scratch, which run in place.
+#[derive(Clone)]
+struct Choice {
+    with_scratch: Vec<bool>,
+    in_place: Vec<Option<InPlace>>,
+}
+
+/// A planned arrangement.
+struct Layout {
+    lives: Vec<TensorLife>,
+    plan: Plan,
+    /// Per tensor root: its offset in the arena.
+    root_offsets: BTreeMap<usize, usize>,
+    scratch_offsets: Vec<Option<usize>>,
+}
+
+impl<'a> Tensors<'a> {
+    fn of(model: &'a Int8Model) -> Tensors<'a> {
+        let n_nodes = model.nodes.len();
+        let root = alias_roots(model);
+        let mut life: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+        let mut touch = |t: usize, at: usize| {
+            let e = life.entry(root[t]).or_insert((at, at));
+            e.0 = e.0.min(at);
+            e.1 = e.1.max(at);
+        };
+        touch(model.input, 0);
+        for (i, node) in model.nodes.iter().enumerate() {
+            for &t in &node.inputs {
+                touch(t, i);
             }
-            for (k, &(i, size)) in scratch.iter().enumerate() {
-                if with[k] {
-                    lives.push(TensorLife {
-                        size,
-                        first: i,
-                        last: i,
-                    });
-                    owners.push(Err(i));
+            touch(node.output, i);
+        }
+        touch(model.output, n_nodes.saturating_sub(1));
+        let scratch = model
+            .nodes
+            .iter()
+            .map(|n| n.kernel.scratch_bytes())
+            .collect();
+        Tensors {
+            model,
+            root,
+            life,
+            scratch,
+        }
+    }
+
+    /// How node `i` may run in place: its output takes the bytes of an input that dies at
+    /// this node (never the model's output, which must outlive it).
+    fn in_place_option(&self, i: usize, with_scratch: bool) -> Option<InPlace> {
+        let node = &self.model.nodes[i];
+        let out_root = self.root[node.output];
+        inplace::options(self.model, i, with_scratch, ARENA_ALIGN)
+            .into_iter()
+            .find(|o| {
+                let r = self.root[node.inputs[o.input]];
+                r != out_root
+                    && r != self.root[self.model.output]
+                    && self.life.get(&r).is_some_and(|l| l.1 == i)
+            })
+    }
+
+    /// Plans `choice`: a node running in place joins its output to its input's block (the
+    /// output `gap` bytes before the input); a block is one planner tensor that lives from
+    /// its first member's birth to its last member's death.
+    fn layout(&self, choice: &Choice) -> Result<Layout, String> {
+        // block of each root, and each root's offset in its block
+        let mut block: BTreeMap<usize, usize> = self.life.keys().map(|&r| (r, r)).collect();
+        let mut rel: BTreeMap<usize, i64> = self.life.keys().map(|&r| (r, 0)).collect();
+        for (i, option) in choice.in_place.iter().enumerate() {
+            let Some(o) = option else { continue };
+            let node = &self.model.nodes[i];
+            let (a, b) = (self.root[node.inputs[o.input]], self.root[node.output]);
+            let (Some(&ba), Some(&ra)) = (block.get(&a), rel.get(&a)) else {
+                continue;
+            };
+            let rb = ra - o.gap as i64;
+            if rb < 0 {
+                for (r, off) in rel.iter_mut() {
+                    if block[r] == ba {
+                        *off -= rb;
+                    }
                 }
             }
-            let plan = plan_best(&lives, ARENA_ALIGN).map_err(bad)?;
-            Ok((lives, owners, plan))
-        };
-    let mut with = vec![true; scratch.len()];
-    let (mut lives, mut owners, mut plan) = plan_with(&with)?;
-    if goal == ArenaGoal::Small {
-        // from no scratch at all (the smallest arena), give each kernel its scratch back,
-        // largest first, wherever the arena does not grow
-        with = vec![false; scratch.len()];
-        (lives, owners, plan) = plan_with(&with)?;
-        let mut order: Vec<usize> = (0..scratch.len()).collect();
-        order.sort_by_key(|&k| std::cmp::Reverse(scratch[k].1));
-        for k in order {
-            with[k] = true;
-            let trial = plan_with(&with)?;
-            if trial.2.total <= plan.total {
-                (lives, owners, plan) = trial;
-            } else {
-                with[k] = false;
+            block.insert(b, ba);
+            rel.insert(b, rb.max(0));
+        }
+        let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (&r, &b) in &block {
+            members.entry(b).or_default().push(r);
+        }
+        let mut lives = Vec::new();
+        let mut owners = Vec::new(); // Ok(block) or Err(node) for a scratch
+        for (&b, roots) in &members {
+            let first = roots.iter().map(|r| self.life[r].0).min().unwrap_or(0);
+            let last = roots.iter().map(|r| self.life[r].1).max().unwrap_or(0);
+            let size = roots
+                .iter()
+                .map(|r| rel[r] as usize + self.model.tensors[*r].len())
+                .max()
+                .unwrap_or(0);
+            lives.push(TensorLife { size, first, last });
+            owners.push(Ok(b));
+        }
+        for (i, &size) in self.scratch.iter().enumerate() {
+            if size > 0 && choice.with_scratch[i] {
+                lives.push(TensorLife {
+                    size,
+                    first: i,
+                    last: i,
+                });
+                owners.push(Err(i));
             }
         }
-    }
-    let greedy = plan_greedy_tflm(&lives, ARENA_ALIGN).map_err(bad)?;
-    let mut tensor_offsets = vec![None; model.tensors.len()];
-    let mut scratch_offsets = vec![None; n_nodes];
-    for (owner, off) in owners.iter().zip(&plan.offsets) {
-        match owner {
-            Ok(t) => tensor_offsets[*t] = Some(*off),
-            Err(i) => scratch_offsets[*i] = Some(*off),
+        let plan = plan_best(&lives, ARENA_ALIGN)
+            .map_err(|e| format!("the arena cannot be planned: {e:?}"))?;
+        let mut root_offsets = BTreeMap::new();
+        let mut scratch_offsets = vec![None; self.model.nodes.len()];
+        for (owner, &off) in owners.iter().zip(&plan.offsets) {
+            match owner {
+                Ok(b) => {
+                    for r in &members[b] {
+                        root_offsets.insert(*r, off + rel[r] as usize);
+                    }
+                }
+                Err(i) => scratch_offsets[*i] = Some(off),
+            }
         }
+        Ok(Layout {
+            lives,
+            plan,
+            root_offsets,
+            scratch_offsets,
+        })
     }
-    for t in 0..model.tensors.len() {
-        if tensor_offsets[t].is_none() {
-            tensor_offsets[t] = tensor_offsets[root[t]];
+
+    /// Checks a layout node by node: no two tensors live at a node share a byte, except an
+    /// in-place node's input and output, which sit exactly `gap` apart, and a node's scratch
+    /// shares no byte with a tensor live at that node.
+    fn verify(&self, choice: &Choice, layout: &Layout) -> Result<(), String> {
+        let range = |r: usize| -> Option<(usize, usize)> {
+            let off = *layout.root_offsets.get(&r)?;
+            Some((off, off + self.model.tensors[r].len()))
+        };
+        let apart = |a: (usize, usize), b: (usize, usize)| {
+            a.1 <= b.0 || b.1 <= a.0 || a.0 == a.1 || b.0 == b.1
+        };
+        for (i, node) in self.model.nodes.iter().enumerate() {
+            let live: Vec<usize> = self
+                .life
+                .iter()
+                .filter(|(_, l)| l.0 <= i && i <= l.1)
+                .map(|(&r, _)| r)
+                .collect();
+            let exempt = choice.in_place[i].map(|o| {
+                (
+                    self.root[node.inputs[o.input]],
+                    self.root[node.output],
+                    o.gap,
+                )
+            });
+            if let Some((a, b, gap)) = exempt
+                && range(b).map(|x| x.0 + gap) != range(a).map(|x| x.0)
+            {
+                return Err(format!("node {i} runs in place at the wrong distance"));
+            }
+            for (k, &a) in live.iter().enumerate() {
+                let Some(ra) = range(a) else { continue };
+                if let Some(s) = layout.scratch_offsets[i]
+                    && !apart(ra, (s, s + self.scratch[i]))
+                {
+                    return Err(format!("node {i}: its scratch overlaps tensor {a}"));
+                }
+                for &b in &live[..k] {
+                    let pair = exempt.is_some_and(|(x, y, _)| (x, y) == (a, b) || (x, y) == (b, a));
+                    if !pair && range(b).is_some_and(|rb| !apart(ra, rb)) {
+                        return Err(format!("node {i}: tensors {b} and {a} overlap"));
+                    }
+                }
+            }
         }
+        Ok(())
     }
+
+    /// From `choice`, tries each node in order running in place (with its scratch, which
+    /// in-place conv and depthwise need); keeps each that does not grow the arena.
+    fn add_in_place(&self, choice: &mut Choice, layout: &mut Layout) -> Result<(), String> {
+        for i in 0..self.model.nodes.len() {
+            let has_path = self.scratch[i] > 0;
+            let Some(option) = self.in_place_option(i, choice.with_scratch[i] || has_path) else {
+                continue;
+            };
+            let mut trial = choice.clone();
+            trial.in_place[i] = Some(option);
+            trial.with_scratch[i] = trial.with_scratch[i] || has_path;
+            let planned = self.layout(&trial)?;
+            if planned.plan.total <= layout.plan.total {
+                *choice = trial;
+                *layout = planned;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Plans the arena: tensors (a view shares its input's bytes) live from the node that writes
+/// them to the last that reads them (the input from the start, the output to the end); a
+/// node's scratch lives during that node; a node may write its output over an input that dies
+/// there (SPEC.md, "`runtime`", in place), where that does not grow the arena. With
+/// [`ArenaGoal::Fast`] every node gets its scratch; with [`ArenaGoal::Small`], the plan starts
+/// without any scratch, tries the nodes in place, and gives each remaining node its scratch
+/// back, largest first, where the arena does not grow (and is never larger than the fast plan).
+pub fn plan_arena(model: &Int8Model, goal: ArenaGoal) -> Result<ArenaPlan, String> {
+    let n_nodes = model.nodes.len();
+    let tensors = Tensors::of(model);
+    let mut fast = Choice {
+        with_scratch: vec![true; n_nodes],
+        in_place: vec![None; n_nodes],
+    };
+    let mut fast_layout = tensors.layout(&fast)?;
+    tensors.add_in_place(&mut fast, &mut fast_layout)?;
+    let (choice, layout) = if goal == ArenaGoal::Small {
+        let mut small = Choice {
+            with_scratch: vec![false; n_nodes],
+            in_place: vec![None; n_nodes],
+        };
+        let mut layout = tensors.layout(&small)?;
+        tensors.add_in_place(&mut small, &mut layout)?;
+        let mut order: Vec<usize> = (0..n_nodes)
+            .filter(|&i| tensors.scratch[i] > 0 && !small.with_scratch[i])
+            .collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(tensors.scratch[i]));
+        for i in order {
+            let mut trial = small.clone();
+            trial.with_scratch[i] = true;
+            let planned = tensors.layout(&trial)?;
+            if planned.plan.total <= layout.plan.total {
+                small = trial;
+                layout = planned;
+            }
+        }
+        if fast_layout.plan.total < layout.plan.total {
+            (fast, fast_layout)
+        } else {
+            (small, layout)
+        }
+    } else {
+        (fast, fast_layout)
+    };
+    tensors.verify(&choice, &layout)?;
+    let greedy = plan_greedy_tflm(&layout.lives, ARENA_ALIGN)
+        .map_err(|e| format!("the arena cannot be planned: {e:?}"))?;
+    let tensor_offsets = (0..model.tensors.len())
+        .map(|t| layout.root_offsets.get(&tensors.root[t]).copied())
+        .collect();
     Ok(ArenaPlan {
-        bytes: plan.total.max(ARENA_ALIGN),
+        bytes: layout.plan.total.max(ARENA_ALIGN),
         greedy_bytes: greedy.total.max(ARENA_ALIGN),
         tensor_offsets,
-        scratch_offsets,
-        without_scratch: scratch
-            .iter()
-            .zip(&with)
-            .filter(|(_, w)| !**w)
-            .map(|((i, _), _)| *i)
+        scratch_offsets: layout.scratch_offsets,
+        without_scratch: (0..n_nodes)
+            .filter(|&i| tensors.scratch[i] > 0 && !choice.with_scratch[i])
             .collect(),
+        in_place: choice.in_place,
     })
 }
 
@@ -452,9 +627,14 @@ static union {{
             Some(o) => format!("EB_A({o})"),
             None => "(void *)0".to_string(),
         };
+        let in_place = match arena.in_place[i] {
+            Some(o) if o.gap > 0 => format!(", in place: {} bytes before input {}", o.gap, o.input),
+            Some(o) => format!(", in place over input {}", o.input),
+            None => String::new(),
+        };
         let _ = writeln!(
             src,
-            "/* node {i}: {} ({}) */",
+            "/* node {i}: {} ({}{in_place}) */",
             comment_text(&node.name),
             node.kernel.name()
         );

@@ -20,7 +20,7 @@ use crate::model::graph::{Graph, Node, Op};
 /// `(scale, zero point)` of a range, which is widened to include 0.
 pub fn qparams(min: f64, max: f64) -> Result<(f64, i32), String> {
     let (lo, hi) = (min.min(0.0), max.max(0.0));
-    let scale = (hi - lo) / 255.0;
+    let scale = quant::as_f32((hi - lo) / 255.0);
     if !(scale.is_finite() && scale > 0.0) {
         return Err(format!("range [{min}, {max}] is degenerate"));
     }

@@ -13,11 +13,13 @@
 pub mod calibrate;
 pub mod codegen;
 pub mod conv;
+pub mod inplace;
 pub mod lower;
 pub mod ops;
 pub mod planner;
 pub mod qdq;
 pub mod quant;
+pub mod tflite;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -58,6 +58,23 @@ fn frexp(x: f64) -> (f64, i32) {
     (f64::from_bits(q_bits), e)
 }
 
+/// A scale as the float32 a `.tflite` file stores (SPEC.md, "int8 arithmetic"): every scale
+/// of an int8 model is a float32 value, so that the multipliers computed from them in double
+/// precision are the ones TFLite computes from its file.
+pub fn as_f32(scale: f64) -> f64 {
+    scale as f32 as f64
+}
+
+/// The smallest float32 at or above `scale`.
+fn as_f32_up(scale: f64) -> f64 {
+    let s = scale as f32;
+    if (s as f64) < scale {
+        s.next_up() as f64
+    } else {
+        s as f64
+    }
+}
+
 /// The largest |bias| in units of its scale: 2^30, half of int32, so that adding the
 /// accumulated products cannot overflow on any layer of the sizes the planner accepts.
 pub const BIAS_LIMIT: f64 = (1u64 << 30) as f64;
@@ -66,7 +83,7 @@ pub const BIAS_LIMIT: f64 = (1u64 << 30) as f64;
 /// −127..=127.
 pub fn symmetric(values: &[f32]) -> (Vec<i8>, f64) {
     let max = values.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
-    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    let scale = if max > 0.0 { as_f32(max / 127.0) } else { 1.0 };
     (quantize_symmetric(values, scale), scale)
 }
 
@@ -97,14 +114,14 @@ pub fn per_channel(
     let mut biases = Vec::with_capacity(out);
     for (c, row) in w.chunks(k).enumerate() {
         let max = row.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
-        let mut s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        let mut s = if max > 0.0 { as_f32(max / 127.0) } else { 1.0 };
         if let Some(b) = bias {
             let b = b.get(c).copied().unwrap_or(0.0) as f64;
             if !b.is_finite() {
                 return Err(c);
             }
             if (b / (s_in * s)).abs() > BIAS_LIMIT {
-                s = b.abs() / (s_in * BIAS_LIMIT);
+                s = as_f32_up(b.abs() / (s_in * BIAS_LIMIT));
             }
             biases.push((b / (s_in * s)).round().clamp(-BIAS_LIMIT, BIAS_LIMIT) as i32);
         }

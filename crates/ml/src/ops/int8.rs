@@ -1,6 +1,7 @@
 //! `int8`: a float model and its calibrated ranges → a full-integer int8 model (TFLite's int8
 //! specification; SPEC.md, "`int8`"), the file the C runtime is generated from, and the same
-//! model as a QDQ ONNX file for Linux-class devices and ONNX Runtime.
+//! model as a QDQ ONNX file for Linux-class devices and ONNX Runtime, and (optionally) as a
+//! `.tflite` file for LiteRT and TFLite Micro.
 
 use crate::int8::calibrate::Ranges;
 use crate::int8::lower::lower;
@@ -15,15 +16,21 @@ impl Op for Int8 {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn check(&self, stage: &edgebuild_engine::stage::Stage) -> Result<(), String> {
+        // `tflite` is optional (SPEC.md, "`int8`")
+        let outputs: &[&str] = if stage.outputs.iter().any(|p| p.name == "tflite") {
+            &["model", "onnx", "tflite"]
+        } else {
+            &["model", "onnx"]
+        };
         edgebuild_engine::op::check_ports(
             stage,
             &["weights", "architecture", "ranges"],
             &[],
-            &["model", "onnx"],
+            outputs,
         )?;
         if !stage.params.is_null() && stage.params.as_object().is_none_or(|o| !o.is_empty()) {
             return Err("params: the int8 op takes none".into());
@@ -48,6 +55,12 @@ impl Op for Int8 {
         let onnx = crate::int8::qdq::export(&graph, &params, &model)
             .map_err(|e| OpError::BadInput(format!("{}: the QDQ export: {e}", ctx.stage_id)))?;
         edgebuild_engine::op::write_output(ctx.output("onnx")?, &onnx)?;
+        if let Ok(path) = ctx.output("tflite") {
+            let tflite = crate::int8::tflite::export(&model).map_err(|e| {
+                OpError::BadInput(format!("{}: the .tflite export: {e}", ctx.stage_id))
+            })?;
+            edgebuild_engine::op::write_output(path, &tflite)?;
+        }
         let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
         for n in &model.nodes {
             *kinds.entry(n.kernel.name()).or_default() += 1;

@@ -199,7 +199,7 @@ impl Op for Runtime {
     }
 
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn check(&self, stage: &edgebuild_engine::stage::Stage) -> Result<(), String> {
@@ -299,6 +299,7 @@ impl Op for Runtime {
                 "bytes": generated.arena.bytes,
                 "tflm_greedy_bytes": generated.arena.greedy_bytes,
                 "nodes_without_scratch": generated.arena.without_scratch.len(),
+                "nodes_in_place": generated.arena.in_place.iter().flatten().count(),
             },
             "host": {
                 "samples": inputs.len(),
