@@ -41,6 +41,16 @@ fn python(args: &[&str]) {
     );
 }
 
+/// The values of an .npy file a python helper wrote, flattened.
+fn read_f32(path: &Path) -> Vec<f32> {
+    Tensor::read_npy(path)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
@@ -144,12 +154,7 @@ fn int8_models_agree_with_onnx_runtime_and_the_reference_tflite() {
             inp.to_str().unwrap(),
             out.to_str().unwrap(),
         ]);
-        let ort: Vec<f32> = Tensor::read_npy(&out)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let ort: Vec<f32> = read_f32(&out);
         let classes = ours[0].len();
         let (mut within, mut total, mut agree) = (0usize, 0usize, 0usize);
         for (k, row) in ours.iter().enumerate() {
@@ -190,12 +195,7 @@ fn int8_models_agree_with_onnx_runtime_and_the_reference_tflite() {
             q_inp.to_str().unwrap(),
             tfl_out.to_str().unwrap(),
         ]);
-        let lite: Vec<f32> = Tensor::read_npy(&tfl_out)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let lite: Vec<f32> = read_f32(&tfl_out);
         let raw: Vec<Vec<i8>> = held
             .chunks(per)
             .map(|s| model.run(&model.quantize_input(s)).unwrap())
@@ -316,12 +316,7 @@ fn int8_models_agree_with_onnx_runtime_and_the_reference_tflite() {
                 inp.to_str().unwrap(),
                 out.to_str().unwrap(),
             ]);
-            let t: Vec<f32> = Tensor::read_npy(&out)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let t: Vec<f32> = read_f32(&out);
             let their_agree = t
                 .chunks(classes)
                 .zip(&float_top)

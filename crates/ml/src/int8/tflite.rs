@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 use super::conv::ConvParams;
 use super::quant::{Activation, activation_range};
@@ -106,8 +106,9 @@ struct Tensor {
     quant: Option<Quant>,
 }
 
-/// One operator's options, as (field slot, value) scalars.
+/// One operator's options table, as (field slot, value) scalars.
 enum Options {
+    /// An empty table.
     None,
     Scalars(Vec<(u16, i32)>),
     /// SoftmaxOptions: beta.
@@ -735,10 +736,11 @@ fn serialize(g: &Graph, name: &str, input: i32, output: i32) -> Vec<u8> {
         .iter()
         .map(|o| {
             let opcode = codes.iter().position(|c| *c == o.op).unwrap_or(0) as u32;
-            let options: Option<WIPOffset<UnionWIPOffset>> = match &o.options {
-                Options::None => None,
+            // every operator gets its options table (RESHAPE, PAD and TRANSPOSE an empty one)
+            let s = b.start_table();
+            match &o.options {
+                Options::None => {}
                 Options::Scalars(fields) => {
-                    let s = b.start_table();
                     for &(slot, v) in fields {
                         // enum fields (padding, activations) are bytes in the schema
                         if is_byte_field(o.op, slot) {
@@ -747,29 +749,18 @@ fn serialize(g: &Graph, name: &str, input: i32, output: i32) -> Vec<u8> {
                             b.push_slot_always::<i32>(slot, v);
                         }
                     }
-                    Some(b.end_table(s).as_union_value())
                 }
-                Options::Beta(beta) => {
-                    let s = b.start_table();
-                    b.push_slot_always::<f32>(4, *beta);
-                    Some(b.end_table(s).as_union_value())
-                }
-            };
-            let options = options.or_else(|| {
-                // RESHAPE, PAD and TRANSPOSE take empty options tables
-                let s = b.start_table();
-                Some(b.end_table(s).as_union_value())
-            });
+                Options::Beta(beta) => b.push_slot_always::<f32>(4, *beta),
+            }
+            let options = b.end_table(s).as_union_value();
             let inputs = b.create_vector(&o.inputs);
             let outputs = b.create_vector(&o.outputs);
             let s = b.start_table();
             b.push_slot::<u32>(4, opcode, 0);
             b.push_slot_always::<WIPOffset<_>>(6, inputs);
             b.push_slot_always::<WIPOffset<_>>(8, outputs);
-            if let Some(opt) = options {
-                b.push_slot::<u8>(10, o.op.options, 0);
-                b.push_slot_always::<WIPOffset<_>>(12, opt);
-            }
+            b.push_slot::<u8>(10, o.op.options, 0);
+            b.push_slot_always::<WIPOffset<_>>(12, options);
             b.end_table(s)
         })
         .collect();
