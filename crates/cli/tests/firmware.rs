@@ -72,6 +72,30 @@ fn the_int8_firmware_is_bit_exact_on_the_board_and_its_figures_are_real() {
         per > macs / 2 && per < 20 * macs,
         "{per} instructions for {macs} MACs"
     );
+    // The per-node profile (a traced build, on the first sample) accounts for the inference:
+    // its nodes are the model's, their MACs add up, and their instructions come within the
+    // timer's resolution (40 instructions a node) of the untraced count.
+    let nodes = device["nodes"].as_array().unwrap();
+    assert_eq!(
+        nodes.len(),
+        runtime["nodes"].as_u64().unwrap() as usize,
+        "{device}"
+    );
+    let field = |n: &serde_json::Value, k: &str| n[k].as_u64().unwrap();
+    assert_eq!(nodes.iter().map(|n| field(n, "macs")).sum::<u64>(), macs);
+    let profiled: u64 = nodes.iter().map(|n| field(n, "instructions")).sum();
+    let first = device["instructions"]["min"].as_u64().unwrap();
+    assert!(
+        profiled.abs_diff(first) <= 40 * nodes.len() as u64 + 200
+            && profiled.abs_diff(per) < per / 20,
+        "{profiled} instructions over the nodes, {first}..{per} per inference"
+    );
+    for n in nodes {
+        assert!(
+            field(n, "macs") == 0 || field(n, "instructions") > field(n, "macs") / 2,
+            "{n}"
+        );
+    }
     let constants = runtime["constants_bytes"].as_u64().unwrap();
     let flash = device["flash"]["bytes"].as_u64().unwrap();
     assert!(

@@ -51,10 +51,15 @@ int eb_rq_prepare(const eb_requant *rq, int32_t n_out, eb_rq_channel *tab,
     for (c = 0; c < n_out; ++c) {
         const int32_t i = rq->n == 1 ? 0 : c;
         const int32_t m = rq->mult[i];
-        const int32_t s = rq->shift[i];
+        int32_t s = rq->shift[i];
         eb_rq2_const q2;
         tab[c].mult = m;
         tab[c].pad = 0;
+        if (m == 0 && s >= 0) {
+            /* a channel whose weights are all zero: MBQM = 0 at every shift, and so are the
+             * closed forms with M = 0 at any exponent from 2 up */
+            s = -2;
+        }
         if (s < 0 && s >= -31 && m >= 0) {
             const int32_t e = -s;
             const uint64_t b = ((uint64_t)1 << 30) + ((uint64_t)1 << (30 + e));

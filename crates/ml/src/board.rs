@@ -166,6 +166,21 @@ pub fn parse_stats(bytes: &[u8], samples: usize) -> Result<RunStats, String> {
     })
 }
 
+/// The profile firmware's `nodes.bin`: one little-endian u32 of instructions per node.
+pub fn parse_node_profile(bytes: &[u8], nodes: usize) -> Result<Vec<u64>, String> {
+    if bytes.len() != 4 * nodes {
+        return Err(format!(
+            "nodes.bin has {} bytes, {} expected ({nodes} nodes)",
+            bytes.len(),
+            4 * nodes
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +197,17 @@ mod tests {
         assert_eq!(s.instructions, vec![1000, 7 | (1 << 32)]);
         assert!(parse_stats(&b, 3).is_err());
         assert!(parse_stats(&b[..8], 2).is_err());
+    }
+
+    #[test]
+    fn node_profile_reads_one_word_a_node() {
+        let b: Vec<u8> = [40u32, 0, 123_456]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        assert_eq!(parse_node_profile(&b, 3).unwrap(), vec![40, 0, 123_456]);
+        let e = parse_node_profile(&b, 4).unwrap_err();
+        assert_eq!(e, "nodes.bin has 12 bytes, 16 expected (4 nodes)");
     }
 
     #[test]

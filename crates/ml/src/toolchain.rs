@@ -42,6 +42,20 @@ pub fn fingerprint(tool: &str) -> String {
     version_line(tool).unwrap_or_else(|| "missing".to_string())
 }
 
+/// The SHA-256 of source files an op compiles, names and contents (for its fingerprint: an
+/// edit to the C runtime or the board support rebuilds what was built from them).
+pub fn sources_digest(files: &[(&str, &str)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (name, text) in files {
+        for part in [name.as_bytes(), text.as_bytes()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+    }
+    hex::encode(h.finalize())
+}
+
 /// Why a tool run did not succeed.
 #[derive(Debug)]
 pub enum RunError {

@@ -6,6 +6,10 @@
  * and writes "output.bin" (the outputs) and "stats.bin" (little-endian u32 words: samples,
  * peak stack bytes, timer overhead, then one instruction count per sample, low word first of
  * a u64). Exit codes: 0 done, 1 semihosting I/O, 2 the model refused.
+ *
+ * Built with -DEB_MODEL_TRACE (the profile build, one sample), it also writes "nodes.bin": one
+ * u32 per node, the instructions from the end of the node before (or the start of the
+ * invoke) to the end of this one, less one timer read.
  */
 #include <string.h>
 
@@ -22,6 +26,24 @@
 static int8_t eb_io_in[EB_IN_TOTAL] __attribute__((section(".bss.eb_iobuf_in")));
 static int8_t eb_io_out[EB_OUT_TOTAL] __attribute__((section(".bss.eb_iobuf_out")));
 static uint32_t eb_stats[3 + 2 * EB_SAMPLES] __attribute__((section(".bss.eb_iobuf_stats")));
+
+#ifdef EB_MODEL_TRACE
+static uint64_t eb_trace_last;
+static uint64_t eb_trace_overhead;
+static uint32_t eb_node_insns[EB_MODEL_NODES];
+
+void eb_model_trace(int32_t node, const int8_t *data, int32_t n)
+{
+    const uint64_t now = eb_instructions();
+    const uint64_t d = now - eb_trace_last;
+    (void)data;
+    (void)n;
+    if (node >= 0 && node < EB_MODEL_NODES) {
+        eb_node_insns[node] = (uint32_t)(d > eb_trace_overhead ? d - eb_trace_overhead : 0);
+    }
+    eb_trace_last = eb_instructions();
+}
+#endif
 
 static int write_file(const char *name, const void *data, size_t n)
 {
@@ -58,6 +80,10 @@ int main(void)
         int rc;
         memcpy(eb_model_input(), eb_io_in + s * EB_MODEL_INPUT_BYTES, EB_MODEL_INPUT_BYTES);
         t0 = eb_instructions();
+#ifdef EB_MODEL_TRACE
+        eb_trace_overhead = overhead;
+        eb_trace_last = t0;
+#endif
         rc = eb_model_invoke();
         t1 = eb_instructions();
         if (rc != 0) {
@@ -77,5 +103,11 @@ int main(void)
         sh_puts("cannot write the results\n");
         return 1;
     }
+#ifdef EB_MODEL_TRACE
+    if (write_file("nodes.bin", eb_node_insns, sizeof eb_node_insns) != 0) {
+        sh_puts("cannot write the profile\n");
+        return 1;
+    }
+#endif
     return 0;
 }

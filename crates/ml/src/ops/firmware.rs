@@ -83,7 +83,8 @@ impl Op for Firmware {
     }
 
     fn version(&self) -> u32 {
-        2
+        // 3: device.json gains the per-node profile
+        3
     }
 
     fn check(&self, stage: &edgebuild_engine::stage::Stage) -> Result<(), String> {
@@ -103,6 +104,10 @@ impl Op for Firmware {
                 toolchain::fingerprint(CROSS_CC),
             ),
             ("qemu-system-arm".to_string(), toolchain::fingerprint(QEMU)),
+            (
+                "board_sources".to_string(),
+                toolchain::sources_digest(board::SUPPORT_FILES),
+            ),
         ]
         .into()
     }
@@ -140,16 +145,8 @@ impl Op for Firmware {
         let n = inputs.len();
         let in_len = model.tensors[model.input].len();
         let out_len = model.tensors[model.output].len();
-        let io = (n as u64) * (in_len + out_len) as u64 + 4 * (3 + 2 * n as u64);
-        if io > board.io_bytes {
-            return Err(OpError::BadInput(format!(
-                "{}: {n} samples take {io} bytes of the board's I/O memory, which holds {}; \
-                 run at most {} (params: samples)",
-                ctx.stage_id,
-                board.io_bytes,
-                (board.io_bytes - 12) / (in_len + out_len + 8) as u64
-            )));
-        }
+        check_io(n, in_len, out_len, board.io_bytes)
+            .map_err(|e| OpError::BadInput(format!("{}: {e} (params: samples)", ctx.stage_id)))?;
 
         // the build, in a scratch directory with relative paths only (no path enters the ELF)
         let work = tempfile::tempdir().map_err(fail)?;
@@ -170,91 +167,51 @@ impl Op for Firmware {
         for (name, text) in board::SUPPORT_FILES {
             std::fs::write(w.join(name), text).map_err(fail)?;
         }
-        // each unit to its own object (a one-step build names objects after temporary files,
-        // and those names would enter the ELF), then one link
-        let common: Vec<String> = [
-            format!("-mcpu={}", board.cpu),
-            "-mthumb".into(),
-            "-mfloat-abi=soft".into(),
-        ]
-        .into_iter()
-        .chain(toolchain::STRICT_FLAGS.iter().map(|s| s.to_string()))
-        .chain(
-            [
-                "-O2",
-                "-ffunction-sections",
-                "-fdata-sections",
-                "-fno-common",
-                "-I.",
-            ]
-            .map(String::from),
-        )
-        .chain([format!("-D{}", board.define), format!("-DEB_SAMPLES={n}")])
-        .collect();
-        let mut objects = Vec::new();
-        for unit in ["startup.S", "board.c", "fw_main.c"]
-            .map(String::from)
-            .into_iter()
-            .chain(units)
-        {
-            let obj = format!(
-                "{}.o",
-                unit.rsplit_once('.').map_or(unit.as_str(), |(s, _)| s)
-            );
-            let mut args = common.clone();
-            args.extend(["-c".into(), unit.clone(), "-o".into(), obj.clone()]);
-            toolchain::run(CROSS_CC, &args, w, Duration::from_secs(900))
-                .map_err(|e| tool_error(&format!("the cross-compile of {unit}"), e))?;
-            objects.push(obj);
-        }
-        let mut args = common;
-        args.extend(
-            [
-                "-nostartfiles",
-                "-Wl,--gc-sections",
-                "-Wl,--strip-debug",
-                "-T",
-            ]
-            .map(String::from),
-        );
-        args.push(board.linker_script.into());
-        args.extend(["-o".into(), "firmware.elf".into()]);
-        args.extend(objects);
-        toolchain::run(CROSS_CC, &args, w, Duration::from_secs(900))
-            .map_err(|e| tool_error("the link", e))?;
-        let elf = std::fs::read(w.join("firmware.elf")).map_err(fail)?;
-        let sizes = board::elf_sizes(&elf).map_err(fail)?;
-
-        // the run
-        let input_bytes: Vec<u8> = inputs.iter().flatten().map(|&v| v as u8).collect();
-        std::fs::write(w.join("input.bin"), &input_bytes).map_err(fail)?;
         let timeout = Duration::from_secs(params.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S));
-        let qemu_args: Vec<String> = [
-            "-machine",
-            board.machine,
-            "-cpu",
-            board.cpu,
-            "-display",
-            "none",
-            "-serial",
-            "none",
-            "-monitor",
-            "none",
-            "-semihosting-config",
-            "enable=on,target=native",
-            "-icount",
-            "shift=0",
-            "-kernel",
-            "firmware.elf",
-        ]
-        .map(String::from)
-        .to_vec();
-        toolchain::run(QEMU, &qemu_args, w, timeout).map_err(|e| {
-            tool_error(
-                &format!("{}: the run on {}", ctx.stage_id, board.machine),
-                e,
-            )
-        })?;
+        let input_bytes: Vec<u8> = inputs.iter().flatten().map(|&v| v as u8).collect();
+
+        // the per-node profile first, in its own directory: the same sources built with
+        // EB_MODEL_TRACE, run on the first sample
+        let profile_dir = w.join("profile");
+        std::fs::create_dir(&profile_dir).map_err(fail)?;
+        for name in units
+            .iter()
+            .map(String::as_str)
+            .chain(board::SUPPORT_FILES.iter().map(|f| f.0))
+        {
+            std::fs::copy(w.join(name), profile_dir.join(name)).map_err(fail)?;
+        }
+        for entry in std::fs::read_dir(w).map_err(fail)? {
+            let p = entry.map_err(fail)?.path();
+            if p.extension().is_some_and(|e| e == "h") {
+                std::fs::copy(&p, profile_dir.join(p.file_name().expect("a file")))
+                    .map_err(fail)?;
+            }
+        }
+        build_elf(&profile_dir, board, &units, 1, true)?;
+        std::fs::write(profile_dir.join("input.bin"), &input_bytes[..in_len]).map_err(fail)?;
+        run_elf(
+            &profile_dir,
+            board,
+            timeout,
+            &format!("{}: the profile run", ctx.stage_id),
+        )?;
+        let node_insns = board::parse_node_profile(
+            &std::fs::read(profile_dir.join("nodes.bin")).map_err(fail)?,
+            model.nodes.len(),
+        )
+        .map_err(fail)?;
+
+        // the firmware that ships, on every sample
+        let elf = build_elf(w, board, &units, n, false)?;
+        let sizes = board::elf_sizes(&elf).map_err(fail)?;
+        std::fs::write(w.join("input.bin"), &input_bytes).map_err(fail)?;
+        run_elf(
+            w,
+            board,
+            timeout,
+            &format!("{}: the run on {}", ctx.stage_id, board.machine),
+        )?;
         let outputs = std::fs::read(w.join("output.bin")).map_err(fail)?;
         if outputs.len() != n * out_len {
             return Err(fail(format!(
@@ -284,6 +241,23 @@ impl Op for Firmware {
             })
             .sum();
         let ram = sizes.data + sizes.bss + stats.stack_peak;
+        let nodes: Vec<serde_json::Value> = model
+            .nodes
+            .iter()
+            .zip(&node_insns)
+            .enumerate()
+            .map(|(i, (node, &insns))| {
+                let macs = node.kernel.macs();
+                serde_json::json!({
+                    "node": i,
+                    "name": node.name,
+                    "op": node.kernel.name(),
+                    "macs": macs,
+                    "instructions": insns,
+                    "instructions_per_mac": if macs > 0 { serde_json::json!(round6(insns as f64 / macs as f64)) } else { serde_json::Value::Null },
+                })
+            })
+            .collect();
         let report = serde_json::json!({
             "board": board.machine,
             "cpu": board.cpu,
@@ -313,6 +287,7 @@ impl Op for Firmware {
                 "bytes": sizes.flash(),
                 "storage_bytes": profile.storage_bytes,
             },
+            "nodes": nodes,
             "ram": {
                 "data": sizes.data,
                 "bss": sizes.bss,
@@ -336,8 +311,157 @@ impl Op for Firmware {
             stats.stack_peak,
             n - mismatches
         ));
+        if let Some((i, &insns)) = node_insns
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, &x)| (x, std::cmp::Reverse(i)))
+        {
+            let node = &model.nodes[i];
+            let macs = node.kernel.macs();
+            ctx.log(format!(
+                "the heaviest node: {i} {} ({}), {insns} instructions ({:.1}% of the first sample's{})",
+                node.name,
+                node.kernel.name(),
+                100.0 * insns as f64 / node_insns.iter().sum::<u64>().max(1) as f64,
+                if macs > 0 { format!(", {:.3} per MAC", insns as f64 / macs as f64) } else { String::new() }
+            ));
+        }
         Ok(OpOutcome::Success)
     }
+}
+
+/// Cross-compiles the harness, the board support and `units` in `w` (which holds them all),
+/// each to its own object (a one-step build names objects after temporary files, and those
+/// names would enter the ELF), links `firmware.elf` there and returns its bytes. `trace`
+/// builds the profile firmware (SPEC.md, `firmware`).
+fn build_elf(
+    w: &std::path::Path,
+    board: &Board,
+    units: &[String],
+    samples: usize,
+    trace: bool,
+) -> Result<Vec<u8>, OpError> {
+    let mut common: Vec<String> = [
+        format!("-mcpu={}", board.cpu),
+        "-mthumb".into(),
+        "-mfloat-abi=soft".into(),
+    ]
+    .into_iter()
+    .chain(toolchain::STRICT_FLAGS.iter().map(|s| s.to_string()))
+    .chain(
+        [
+            "-O2",
+            "-ffunction-sections",
+            "-fdata-sections",
+            "-fno-common",
+            "-I.",
+        ]
+        .map(String::from),
+    )
+    .chain([
+        format!("-D{}", board.define),
+        format!("-DEB_SAMPLES={samples}"),
+    ])
+    .collect();
+    if trace {
+        common.push("-DEB_MODEL_TRACE".into());
+    }
+    let mut objects = Vec::new();
+    for unit in ["startup.S", "board.c", "fw_main.c"]
+        .map(String::from)
+        .iter()
+        .chain(units)
+    {
+        let obj = format!(
+            "{}.o",
+            unit.rsplit_once('.').map_or(unit.as_str(), |(s, _)| s)
+        );
+        let mut args = common.clone();
+        args.extend(["-c".into(), unit.clone(), "-o".into(), obj.clone()]);
+        toolchain::run(CROSS_CC, &args, w, Duration::from_secs(900))
+            .map_err(|e| tool_error(&format!("the cross-compile of {unit}"), e))?;
+        objects.push(obj);
+    }
+    let mut args = common;
+    args.extend(
+        [
+            "-nostartfiles",
+            "-Wl,--gc-sections",
+            "-Wl,--strip-debug",
+            "-T",
+        ]
+        .map(String::from),
+    );
+    args.push(board.linker_script.into());
+    args.extend(["-o".into(), "firmware.elf".into()]);
+    args.extend(objects);
+    toolchain::run(CROSS_CC, &args, w, Duration::from_secs(900))
+        .map_err(|e| tool_error("the link", e))?;
+    std::fs::read(w.join("firmware.elf")).map_err(fail)
+}
+
+/// Runs `w/firmware.elf` on the board under `-icount shift=0` with semihosting rooted at `w`.
+fn run_elf(
+    w: &std::path::Path,
+    board: &Board,
+    timeout: Duration,
+    what: &str,
+) -> Result<(), OpError> {
+    let qemu_args: Vec<String> = [
+        "-machine",
+        board.machine,
+        "-cpu",
+        board.cpu,
+        "-display",
+        "none",
+        "-serial",
+        "none",
+        "-monitor",
+        "none",
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-icount",
+        "shift=0",
+        "-kernel",
+        "firmware.elf",
+    ]
+    .map(String::from)
+    .to_vec();
+    toolchain::run(QEMU, &qemu_args, w, timeout)
+        .map(|_| ())
+        .map_err(|e| tool_error(what, e))
+}
+
+/// Whether `n` samples of `in_len` input and `out_len` output bytes fit the board's I/O memory,
+/// as the harness lays it out: all inputs, all outputs, padding to a word, then 3 words of
+/// header and 2 words of instruction count per sample (SPEC.md, `firmware`).
+fn check_io(n: usize, in_len: usize, out_len: usize, io_bytes: u64) -> Result<(), String> {
+    let io_of = |n: u64| {
+        let bytes = n.saturating_mul((in_len as u64).saturating_add(out_len as u64));
+        bytes
+            .div_ceil(4)
+            .saturating_mul(4)
+            .saturating_add(12)
+            .saturating_add(n.saturating_mul(8))
+    };
+    let io = io_of(n as u64);
+    if io <= io_bytes {
+        return Ok(());
+    }
+    // the largest count that fits, by bisection over a monotone size
+    let (mut fits, mut too_many) = (0u64, n as u64);
+    while too_many - fits > 1 {
+        let mid = fits + (too_many - fits) / 2;
+        if io_of(mid) <= io_bytes {
+            fits = mid;
+        } else {
+            too_many = mid;
+        }
+    }
+    Err(format!(
+        "{n} samples take {io} bytes of the board's I/O memory, which holds {io_bytes}; \
+         run at most {fits}"
+    ))
 }
 
 /// Whether the tools of the firmware op are installed (for `doctor`).
@@ -346,4 +470,29 @@ pub fn tools() -> Vec<(&'static str, Option<String>, &'static str)> {
         .into_iter()
         .map(|t| (t, toolchain::version_line(t), toolchain::install_hint(t)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_io;
+
+    #[test]
+    fn a_sample_count_the_board_cannot_hold_is_refused_with_the_count_it_can() {
+        let io = 16u64 << 20;
+        // a VWW input (96 x 96 x 3) and its 2 scores: 27,658 bytes a sample
+        let most = ((io - 12) / 27_658) as usize;
+        assert_eq!(most, 606);
+        assert!(check_io(most, 27_648, 2, io).is_ok());
+        let e = check_io(most + 1, 27_648, 2, io).unwrap_err();
+        assert!(e.contains("607 samples take 16788420 bytes"), "{e}");
+        assert!(e.contains("which holds 16777216; run at most 606"), "{e}");
+        // no overflow on absurd sizes
+        let e = check_io(usize::MAX, usize::MAX, usize::MAX, io).unwrap_err();
+        assert!(e.contains("run at most 0"), "{e}");
+        // 5 bytes a sample end the outputs off a word: the counts start after the padding
+        let most = ((io - 12) / 12) as usize;
+        assert!(check_io(most, 3, 1, io).is_ok());
+        let e = check_io(most, 3, 2, io).unwrap_err();
+        assert!(e.contains("run at most 1290554"), "{e}");
+    }
 }

@@ -106,11 +106,13 @@ pub(crate) fn c_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(v)
 }
 
+/// The host harness that runs the generated runtime on held-out samples.
+const HOST_HARNESS: &str = include_str!("../../runtime/harness/host_main.c");
+
 /// Compiles `sources` with the host harness into `work/host`, warnings as errors.
 fn build_host(sources: &Path, work: &Path, trace: bool) -> Result<PathBuf, OpError> {
     let harness = work.join("host_main.c");
-    std::fs::write(&harness, include_str!("../../runtime/harness/host_main.c"))
-        .map_err(|e| OpError::Failed(e.to_string()))?;
+    std::fs::write(&harness, HOST_HARNESS).map_err(|e| OpError::Failed(e.to_string()))?;
     let exe = work.join(if trace { "host_trace" } else { "host" });
     let mut args: Vec<String> = toolchain::STRICT_FLAGS
         .iter()
@@ -222,7 +224,19 @@ impl Op for Runtime {
     }
 
     fn fingerprint(&self) -> std::collections::BTreeMap<String, String> {
-        [("cc".to_string(), toolchain::fingerprint(HOST_CC))].into()
+        let sources: Vec<(&str, &str)> = codegen::RUNTIME_FILES
+            .iter()
+            .copied()
+            .chain([("host_main.c", HOST_HARNESS)])
+            .collect();
+        [
+            ("cc".to_string(), toolchain::fingerprint(HOST_CC)),
+            (
+                "runtime_sources".to_string(),
+                toolchain::sources_digest(&sources),
+            ),
+        ]
+        .into()
     }
 
     fn run(&self, ctx: &OpContext) -> Result<OpOutcome, OpError> {
