@@ -64,3 +64,18 @@ for name, d, r, m, total, ours, tflite_bytes, ref in rows:
     print(f"| {name} | {d['ram']['arena']:,} | {total[1]:,} | {ours[1]:,} | {d['ram']['bytes']:,} | {total[0]:,} | "
           f"{d['flash']['bytes']:,} | {tflite_bytes:,} | {d['instructions']['per_inference']:,} | {d['macs']:,} | "
           f"{d['instructions_per_mac']:.2f} | {m['top1_agreement']:.3f} | {ref:.3f} |")
+
+# Where the instructions go: device.json's per-node profile, summed by kind of node.
+print()
+print("| model | kind of node | MACs | instructions | share | instructions / MAC |")
+print("| --- | --- | ---: | ---: | ---: | ---: |")
+for name, d, *_ in rows:
+    kinds = {}
+    for n in d["nodes"]:
+        k = kinds.setdefault(n["op"], [0, 0])
+        k[0] += n["macs"]
+        k[1] += n["instructions"]
+    total_insns = sum(v[1] for v in kinds.values())
+    for op, (macs, insns) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
+        per = f"{insns / macs:.2f}" if macs else "–"
+        print(f"| {name} | {op} | {macs:,} | {insns:,} | {100 * insns / total_insns:.1f}% | {per} |")

@@ -363,11 +363,30 @@ fn mac_constants(
         ));
     }
     let scales = weight_scales(m, s, channels, s_in, s_out);
+    // A channel with M = 0 outputs the zero point whatever it sums; TFLite takes no weight
+    // scale of 0 (the file says 1e-9), so its weights and bias go in as 0 for LiteRT to sum 0.
+    let dead = |c: usize| m[if m.len() == 1 { 0 } else { c }] == 0;
+    let inner: usize = shape[dim as usize + 1..]
+        .iter()
+        .map(|&d| d as usize)
+        .product();
+    let per_dim = shape[dim as usize] as usize;
+    let w_bytes: Vec<u8> = w
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if dead(i / inner.max(1) % per_dim.max(1)) {
+                0
+            } else {
+                v as u8
+            }
+        })
+        .collect();
     let w_t = g.constant(
         format!("{node}.weights"),
         shape,
         INT8,
-        w.iter().map(|&v| v as u8).collect(),
+        w_bytes,
         Some(Quant {
             scales: scales.clone(),
             zero_points: vec![0; channels],
@@ -376,7 +395,11 @@ fn mac_constants(
     );
     let b_t = match bias {
         Some(b) => {
-            let values = i32s(model, b)?;
+            let values: Vec<i32> = i32s(model, b)?
+                .iter()
+                .enumerate()
+                .map(|(c, &v)| if dead(c) { 0 } else { v })
+                .collect();
             g.constant(
                 format!("{node}.bias"),
                 vec![values.len() as i32],

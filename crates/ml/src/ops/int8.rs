@@ -16,7 +16,8 @@ impl Op for Int8 {
     }
 
     fn version(&self) -> u32 {
-        2
+        // 3: the .tflite export zeroes the weights and bias of channels with multiplier 0
+        3
     }
 
     fn check(&self, stage: &edgebuild_engine::stage::Stage) -> Result<(), String> {
