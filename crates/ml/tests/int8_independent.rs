@@ -41,6 +41,25 @@ fn python(args: &[&str]) {
     );
 }
 
+/// A node-by-node helper's report (`SCRIPT MODEL VALUES.npz NODES.json REPORT.json`): one
+/// JSON object per node, in the nodes' order.
+fn layers_report(
+    script: &str,
+    model: &Path,
+    values: &Path,
+    nodes: &Path,
+) -> Vec<serde_json::Value> {
+    let report = values.with_extension(format!("{script}.json"));
+    python(&[
+        &format!("{TESTS}/python/{script}"),
+        model.to_str().unwrap(),
+        values.to_str().unwrap(),
+        nodes.to_str().unwrap(),
+        report.to_str().unwrap(),
+    ]);
+    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+}
+
 /// The values of an .npy file a python helper wrote, flattened.
 fn read_f32(path: &Path) -> Vec<f32> {
     Tensor::read_npy(path)
@@ -270,17 +289,8 @@ fn int8_models_agree_with_onnx_runtime_and_the_reference_tflite() {
             // is bit-identical up to the first fully connected layer. There LiteRT's
             // per-channel kernel rounds once ((acc M + 2^(30-s)) >> (31-s)) where its
             // convolutions, TFLite Micro and CMSIS-NN round twice, as edgebuild does
-            // (SPEC.md, "int8 arithmetic"): at most 1 LSB, and what follows may differ more.
-            let lite = dir.path().join(format!("{name}.litert-layers.json"));
-            python(&[
-                &format!("{TESTS}/python/tflite_layers.py"),
-                tfl.to_str().unwrap(),
-                values.to_str().unwrap(),
-                nodes_path.to_str().unwrap(),
-                lite.to_str().unwrap(),
-            ]);
-            let lite: Vec<serde_json::Value> =
-                serde_json::from_slice(&std::fs::read(&lite).unwrap()).unwrap();
+            // (SPEC.md, "`int8`"): at most 1 LSB, and what follows may differ more.
+            let lite = layers_report("tflite_layers.py", &tfl, &values, &nodes_path);
             assert_eq!(lite.len(), model.nodes.len());
             let mut exact_so_far = true;
             for r in &lite {
@@ -307,16 +317,7 @@ fn int8_models_agree_with_onnx_runtime_and_the_reference_tflite() {
                     );
                 }
             }
-            let report = dir.path().join(format!("{name}.layers.json"));
-            python(&[
-                &format!("{TESTS}/python/ort_layers.py"),
-                onnx.to_str().unwrap(),
-                values.to_str().unwrap(),
-                nodes_path.to_str().unwrap(),
-                report.to_str().unwrap(),
-            ]);
-            let report: Vec<serde_json::Value> =
-                serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+            let report = layers_report("ort_layers.py", &onnx, &values, &nodes_path);
             assert_eq!(report.len(), model.nodes.len());
             for r in &report {
                 eprintln!(

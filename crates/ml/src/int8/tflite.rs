@@ -375,7 +375,7 @@ fn mac_constants(
         .iter()
         .enumerate()
         .map(|(i, &v)| {
-            if dead(i / inner.max(1) % per_dim.max(1)) {
+            if dead(i / inner % per_dim) {
                 0
             } else {
                 v as u8

@@ -170,34 +170,18 @@ impl Op for Firmware {
         let timeout = Duration::from_secs(params.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S));
         let input_bytes: Vec<u8> = inputs.iter().flatten().map(|&v| v as u8).collect();
 
-        // the per-node profile first, in its own directory: the same sources built with
-        // EB_MODEL_TRACE, run on the first sample
-        let profile_dir = w.join("profile");
-        std::fs::create_dir(&profile_dir).map_err(fail)?;
-        for name in units
-            .iter()
-            .map(String::as_str)
-            .chain(board::SUPPORT_FILES.iter().map(|f| f.0))
-        {
-            std::fs::copy(w.join(name), profile_dir.join(name)).map_err(fail)?;
-        }
-        for entry in std::fs::read_dir(w).map_err(fail)? {
-            let p = entry.map_err(fail)?.path();
-            if p.extension().is_some_and(|e| e == "h") {
-                std::fs::copy(&p, profile_dir.join(p.file_name().expect("a file")))
-                    .map_err(fail)?;
-            }
-        }
-        build_elf(&profile_dir, board, &units, 1, true)?;
-        std::fs::write(profile_dir.join("input.bin"), &input_bytes[..in_len]).map_err(fail)?;
+        // the per-node profile first: the same sources built with EB_MODEL_TRACE, run on the
+        // first sample (the shipped build below overwrites its objects and ELF)
+        build_elf(w, board, &units, 1, true)?;
+        std::fs::write(w.join("input.bin"), &input_bytes[..in_len]).map_err(fail)?;
         run_elf(
-            &profile_dir,
+            w,
             board,
             timeout,
             &format!("{}: the profile run", ctx.stage_id),
         )?;
         let node_insns = board::parse_node_profile(
-            &std::fs::read(profile_dir.join("nodes.bin")).map_err(fail)?,
+            &std::fs::read(w.join("nodes.bin")).map_err(fail)?,
             model.nodes.len(),
         )
         .map_err(fail)?;
