@@ -86,7 +86,7 @@ size_t eb_conv2d_scratch_bytes(const eb_conv_params *p)
     }
     k = (size_t)p->k_h * (size_t)p->k_w * (size_t)p->in_c;
     return eb_rq_table_bytes(p->out_c) + EB_ALIGN_UP(k) +
-           EB_ALIGN_UP((2 * k + 8) * sizeof(int16_t)) + EB_ALIGN_UP(k + 3);
+           EB_ALIGN_UP((4 * k + 16) * sizeof(int16_t)) + EB_ALIGN_UP(k + 3);
 }
 
 static size_t eb_dw_plane_elems(const eb_conv_params *p)
@@ -366,17 +366,36 @@ static void eb_im2col(const eb_conv_params *p, const int8_t *in, int32_t oy,
         const int32_t K = p->k_h * run;
         const int inside = p->dil_w == 1 && x0 >= 0 && x0 + kw <= p->in_w;
         int8_t *g = g8;
-        for (ky = 0; ky < p->k_h; ++ky) {
-            const int32_t iy = y0 + ky * p->dil_h;
-            if (iy < 0 || iy >= p->in_h) {
-                for (i = 0; i < run; ++i) {
-                    g[i] = (int8_t)p->in_zp;
+        if (inside && y0 >= 0 && y0 + (p->k_h - 1) * p->dil_h < p->in_h) {
+            /* the whole window inside (a first layer's 3-channel 3x3 at
+             * almost every pixel): k_h runs of contiguous bytes */
+            const int8_t *s = in + (size_t)y0 * row_bytes + (size_t)x0 * cin;
+            const size_t rstep = (size_t)p->dil_h * row_bytes;
+            for (ky = p->k_h; ky > 0; --ky) {
+                const int8_t *r = s;
+                for (i = run; i >= 4; i -= 4) {
+                    eb_write32(g, eb_read32(r));
+                    g += 4;
+                    r += 4;
                 }
-                g += run;
-            } else if (inside) {
-                g = eb_copy_short(g, in + (size_t)iy * row_bytes + (size_t)x0 * cin, run);
-            } else {
-                g = eb_gather_row(p, in + (size_t)iy * row_bytes, x0, g);
+                for (; i > 0; --i) {
+                    *g++ = *r++;
+                }
+                s += rstep;
+            }
+        } else {
+            for (ky = 0; ky < p->k_h; ++ky) {
+                const int32_t iy = y0 + ky * p->dil_h;
+                if (iy < 0 || iy >= p->in_h) {
+                    for (i = 0; i < run; ++i) {
+                        g[i] = (int8_t)p->in_zp;
+                    }
+                    g += run;
+                } else if (inside) {
+                    g = eb_copy_short(g, in + (size_t)iy * row_bytes + (size_t)x0 * cin, run);
+                } else {
+                    g = eb_gather_row(p, in + (size_t)iy * row_bytes, x0, g);
+                }
             }
         }
         for (i = K; i & 3; ++i) {
@@ -818,6 +837,159 @@ static void eb_mm_1col(const int8_t *w, int32_t K, int32_t rows,
     }
 }
 
+#if defined(EB_ARM_ASM) && defined(__GNUC__) && !defined(__clang__) && defined(__OPTIMIZE__)
+/* State of the assembly row loop of eb_mm_4col (byte offsets are used by
+ * the asm: keep the order). */
+typedef struct {
+    const int16_t *pc;      /*  0: the four columns (quad layout)           */
+    const eb_rq_channel *q; /*  4: &tab[r]; .bias holds bias[r]              */
+    int32_t n;              /*  8: quads per column, rounded up to even      */
+    int32_t odd;            /* 12: quads per column is odd                   */
+    int8_t *o;              /* 16: &out[pixel 0][r]                          */
+    int32_t ostep;          /* 20: bytes from one pixel's output to the next */
+    int32_t wcorr;          /* 24: K - 4 * quads (0 when K % 4 == 0)         */
+    int32_t rows;           /* 28: rows left (>= 1)                          */
+    int32_t zp;             /* 32: output zero point (rows not folded)       */
+} eb_mm4k;
+
+#define EB_MM4_QUAD                                                        \
+    "ldr    %[t0], [%[w]], #4\n\t"                                         \
+    "sxtb16 %[t1], %[t0], ror #8\n\t"                                      \
+    "sxtb16 %[t0], %[t0]\n\t"                                              \
+    "ldmia  %[pc]!, {%[x0], %[x1], %[x2], %[x3]}\n\t"                      \
+    "smlad  %[a0], %[t0], %[x0], %[a0]\n\t"                                \
+    "smlad  %[a0], %[t1], %[x1], %[a0]\n\t"                                \
+    "smlad  %[a1], %[t0], %[x2], %[a1]\n\t"                                \
+    "smlad  %[a1], %[t1], %[x3], %[a1]\n\t"                                \
+    "ldmia  %[pc]!, {%[x0], %[x1], %[x2], %[x3]}\n\t"                      \
+    "smlad  %[a2], %[t0], %[x0], %[a2]\n\t"                                \
+    "smlad  %[a2], %[t1], %[x1], %[a2]\n\t"                                \
+    "smlad  %[a3], %[t0], %[x2], %[a3]\n\t"                                \
+    "smlad  %[a3], %[t1], %[x3], %[a3]\n\t"
+/* Folded requantization of A: M in x0, H in x1, the shift in x2. */
+#define EB_MM4_RQ(A)                                                       \
+    "and    %[t1], %[" A "], #0x80000000\n\t"                              \
+    "sub    %[x3], %[x1], %[t1], lsr #31\n\t"                              \
+    "orr    %[t1], %[t1], #0x40000000\n\t"                                 \
+    "smlal  %[t1], %[x3], %[" A "], %[x0]\n\t"                             \
+    "asr    %[x3], %[x3], %[x2]\n\t"                                       \
+    "ssat   %[" A "], #8, %[x3]\n\t"
+
+/* The fast form (eb_rq_fast, then + zp) of A, for a row whose channel has
+ * no folded form (h2 == 0): M in x0, the shift in x2, zp in n. */
+#define EB_MM4_RQF(A)                                                      \
+    "ldrd   %[t1], %[x3], [%[t0], #4]\n\t"                                  \
+    "smlal  %[t1], %[x3], %[" A "], %[x0]\n\t"                             \
+    "and    %[x1], %[" A "], #0x80000000\n\t"                              \
+    "adds   %[t1], %[t1], %[x1]\n\t"                                       \
+    "adc    %[x3], %[x3], %[" A "], asr #31\n\t"                           \
+    "asr    %[x3], %[x3], %[x2]\n\t"                                       \
+    "add    %[x3], %[x3], %[n]\n\t"                                        \
+    "ssat   %[" A "], #8, %[x3]\n\t"
+
+/* All rows of eb_mm_4col: per row, one weight word (two SXTB16) feeds 8
+ * SMLAD over the 4 columns, whose quads arrive by two LDM of 4 words
+ * (13 instructions for 16 MACs), then the row's 4 requantizations share one
+ * channel's constants: the folded form, or the fast form for a channel
+ * that has no folded one (exponent above 24).  The LDM needs ascending registers: the
+ * column words are pinned to r8-r11. */
+static void eb_mm1x4_folded_asm(const int8_t *w, eb_mm4k *c)
+{
+    register int32_t x0 __asm__("r8");
+    register int32_t x1 __asm__("r9");
+    register int32_t x2 __asm__("r10");
+    register int32_t x3 __asm__("r11");
+    int32_t a0, a1, a2, a3, t0, t1, n;
+    const int16_t *pc;
+    __asm__ volatile(
+        "0:\n\t"
+        "ldrd   %[pc], %[t0], [%[c]]\n\t"
+        "ldr    %[a0], [%[t0], #20]\n\t"
+        "mov    %[a1], %[a0]\n\t"
+        "mov    %[a2], %[a0]\n\t"
+        "mov    %[a3], %[a0]\n\t"
+        "ldrd   %[n], %[t1], [%[c], #8]\n\t"
+        "cmp    %[t1], #0\n\t"
+        "bne    1f\n\t"
+        "2:\n\t"
+        EB_MM4_QUAD
+        "1:\n\t"
+        EB_MM4_QUAD
+        "subs   %[n], %[n], #2\n\t"
+        "bne    2b\n\t"
+        "ldr    %[t0], [%[c], #4]\n\t"
+        "ldr    %[x0], [%[t0]]\n\t"
+        "ldr    %[x1], [%[t0], #16]\n\t"
+        "ldr    %[x2], [%[t0], #12]\n\t"
+        "cmp    %[x1], #0\n\t"
+        "beq    5f\n\t"
+        EB_MM4_RQ("a0")
+        EB_MM4_RQ("a1")
+        EB_MM4_RQ("a2")
+        EB_MM4_RQ("a3")
+        "6:\n\t"
+        "add    %[t0], %[t0], #24\n\t"
+        "str    %[t0], [%[c], #4]\n\t"
+        "ldrd   %[t0], %[t1], [%[c], #16]\n\t"
+        "strb   %[a0], [%[t0]]\n\t"
+        "strb   %[a1], [%[t0], %[t1]]\n\t"
+        "add    %[x0], %[t0], %[t1], lsl #1\n\t"
+        "strb   %[a2], [%[x0]]\n\t"
+        "strb   %[a3], [%[x0], %[t1]]\n\t"
+        "add    %[t0], %[t0], #1\n\t"
+        "str    %[t0], [%[c], #16]\n\t"
+        "ldrd   %[t0], %[t1], [%[c], #24]\n\t"
+        "add    %[w], %[w], %[t0]\n\t"
+        "subs   %[t1], %[t1], #1\n\t"
+        "str    %[t1], [%[c], #28]\n\t"
+        "bne    0b\n\t"
+        "b      7f\n\t"
+        "5:\n\t"
+        "ldr    %[n], [%[c], #32]\n\t"
+        EB_MM4_RQF("a0")
+        EB_MM4_RQF("a1")
+        EB_MM4_RQF("a2")
+        EB_MM4_RQF("a3")
+        "b      6b\n\t"
+        "7:\n\t"
+        : [w] "+r"(w), [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3),
+          [t0] "=&r"(t0), [t1] "=&r"(t1), [n] "=&r"(n), [pc] "=&r"(pc), [x0] "=&r"(x0),
+          [x1] "=&r"(x1), [x2] "=&r"(x2), [x3] "=&r"(x3)
+        : [c] "r"(c)
+        : "cc", "memory");
+}
+
+/* out[i * ostep + r] = requant(bias[r] + w[r] . col_i), i < 4, r < rows,
+ * every channel fast, full int8 clamp (bias in tab[r].bias).  Columns in the 4-column
+ * quad layout at pc.  Rows run over whole (padded) quads; when K % 4 != 0
+ * that reads up to 3 bytes of the next row (times zero column entries), so
+ * the last row reads wlast, its zero-padded copy. */
+static void eb_mm_4col(const int8_t *w, int32_t K, int32_t rows, const int16_t *pc,
+                       const eb_outq *oq, const int8_t *wlast, int8_t *out, int32_t ostep)
+{
+    const int32_t nq = (K + 3) >> 2;
+    eb_mm4k k;
+    k.pc = pc;
+    k.q = oq->tab;
+    k.n = (nq + 1) & ~1;
+    k.odd = nq & 1;
+    k.o = out;
+    k.ostep = ostep;
+    k.wcorr = K - 4 * nq;
+    k.rows = (K & 3) ? rows - 1 : rows;
+    k.zp = oq->zp;
+    if (k.rows > 0) {
+        eb_mm1x4_folded_asm(w, &k);
+    }
+    if (K & 3) {
+        k.wcorr = 0;
+        k.rows = 1;
+        eb_mm1x4_folded_asm(wlast, &k);
+    }
+}
+#define EB_MM4_ASM 1
+#endif
+
 static void eb_outq_init(eb_outq *oq, const eb_requant *rq, int32_t n_out,
                          eb_rq_channel *tab, int32_t zp, int32_t lo, int32_t hi)
 {
@@ -843,7 +1015,7 @@ static void eb_conv2d_dsp(const eb_conv_params *p, const eb_requant *rq,
     eb_rq_channel *tab = (eb_rq_channel *)scratch;
     int8_t *g8 = (int8_t *)scratch + eb_rq_table_bytes(p->out_c);
     int16_t *cols = (int16_t *)(void *)(g8 + EB_ALIGN_UP((size_t)K));
-    int8_t *wlast = (int8_t *)(cols + EB_ALIGN_UP((2 * (size_t)K + 8) * sizeof(int16_t)) / sizeof(int16_t));
+    int8_t *wlast = (int8_t *)(cols + EB_ALIGN_UP((4 * (size_t)K + 16) * sizeof(int16_t)) / sizeof(int16_t));
     eb_outq oq;
     int32_t pix, i;
     eb_outq_init(&oq, rq, p->out_c, tab, p->out_zp, p->act_min, p->act_max);
@@ -852,7 +1024,29 @@ static void eb_conv2d_dsp(const eb_conv_params *p, const eb_requant *rq,
     for (i = K; i & 3; ++i) {
         wlast[i] = 0;
     }
-    for (pix = 0; pix + 2 <= n_pix; pix += 2) {
+    pix = 0;
+#if defined(EB_MM4_ASM)
+    if (oq.fast && oq.full) {
+        /* four pixels at a time, all rows in one assembly loop */
+        for (i = 0; i < p->out_c; ++i) {
+            tab[i].bias = bias ? bias[i] : 0;
+        }
+        for (; pix + 4 <= n_pix; pix += 4) {
+            int32_t j;
+            for (j = 0; j < 4; ++j) {
+                if (pointwise) {
+                    eb_widen_vec(in + (size_t)(pix + j) * K, K, p->in_zp, cols + 4 * j, 16);
+                } else {
+                    const int32_t oy = (pix + j) / p->out_w, ox = (pix + j) - oy * p->out_w;
+                    eb_im2col(p, in, oy, ox, cols + 4 * j, 16, g8);
+                }
+            }
+            eb_mm_4col(w, K, p->out_c, cols, &oq, wlast, out + (size_t)pix * p->out_c,
+                       p->out_c);
+        }
+    }
+#endif
+    for (; pix + 2 <= n_pix; pix += 2) {
         if (pointwise) {
             /* 1x1 stride 1: the column is the pixel itself */
             eb_widen_vec(in + (size_t)pix * K, K, p->in_zp, cols, 8);
@@ -873,31 +1067,93 @@ static void eb_conv2d_dsp(const eb_conv_params *p, const eb_requant *rq,
     }
 }
 
-/* Depthwise: spread input channels [ic0, ic0 + g) into zp-padded int16
- * planes of hp x wp (plane j at planes + j * pstride). */
-EB_NOINLINE static void eb_dw_fill_planes(const eb_conv_params *p, const int8_t *in,
-                              int32_t ic0, int32_t g, int16_t *planes,
-                              size_t pstride, int32_t wp, int borders)
+/* Depthwise planes.  A plane holds one input channel as int16, padded with
+ * the input zero point.  It is laid out as the input (plane rows = input
+ * rows) or transposed (plane rows = input columns), whichever gives the 3x3
+ * kernels the cheaper rows of outputs: DS-CNN's 25 x 5 maps run as 5 rows
+ * of 25.  eb_dwgeo describes a plane and its outputs in plane coordinates
+ * (r across rows, i along them); the sums are the same integers either way. */
+typedef struct {
+    int32_t transposed;
+    int32_t ph, pw;        /* plane rows, row length (elements)                */
+    int32_t pr0, pc0;      /* padding before the first row / column            */
+    int32_t nr, nc;        /* valid rows / columns                              */
+    int32_t sr, si;        /* strides across / along plane rows                */
+    int32_t rows, len;     /* output rows, outputs per row                      */
+    int32_t src_row;       /* input bytes from one plane row to the next        */
+    int32_t src_col;       /* input bytes from one plane column to the next     */
+    int32_t ostep, orow;   /* output bytes between outputs of a row / rows      */
+} eb_dwgeo;
+
+static void eb_dw_geometry(const eb_conv_params *p, int transposed, eb_dwgeo *gm)
 {
-    const int32_t hp = p->in_h + p->pad_top + p->pad_bottom;
-    const int16_t zp = (int16_t)p->in_zp;
-    const int32_t cin = p->in_c;
+    gm->transposed = transposed;
+    if (!transposed) {
+        gm->ph = p->in_h + p->pad_top + p->pad_bottom;
+        gm->pw = p->in_w + p->pad_left + p->pad_right;
+        gm->pr0 = p->pad_top;
+        gm->pc0 = p->pad_left;
+        gm->nr = p->in_h;
+        gm->nc = p->in_w;
+        gm->sr = p->stride_h;
+        gm->si = p->stride_w;
+        gm->rows = p->out_h;
+        gm->len = p->out_w;
+        gm->src_row = p->in_w * p->in_c;
+        gm->src_col = p->in_c;
+        gm->ostep = p->out_c;
+        gm->orow = p->out_w * p->out_c;
+    } else {
+        gm->ph = p->in_w + p->pad_left + p->pad_right;
+        gm->pw = p->in_h + p->pad_top + p->pad_bottom;
+        gm->pr0 = p->pad_left;
+        gm->pc0 = p->pad_top;
+        gm->nr = p->in_w;
+        gm->nc = p->in_h;
+        gm->sr = p->stride_w;
+        gm->si = p->stride_h;
+        gm->rows = p->out_w;
+        gm->len = p->out_h;
+        gm->src_row = p->in_c;
+        gm->src_col = p->in_w * p->in_c;
+        gm->ostep = p->out_w * p->out_c;
+        gm->orow = p->out_c;
+    }
+}
+
+/* The instructions of the 3x3 assembly for `rows` rows of `len` outputs
+ * (its quad, pair and single steps, and the row overhead), the measure by
+ * which the plane orientation is chosen. */
+static int32_t eb_dw3x3_cost(int32_t rows, int32_t len)
+{
+    return rows * (24 + 82 * (len >> 2) + ((len & 2) ? 48 : 0) + ((len & 1) ? 30 : 0));
+}
+
+/* Spread input channels [ic0, ic0 + g) into planes (plane j at
+ * planes + j * pstride).  The borders never change: they are written for
+ * the first channel group only. */
+EB_NOINLINE static void eb_dw_fill_planes(const eb_dwgeo *gm, int32_t in_zp,
+                                          const int8_t *in, int32_t cin, int32_t ic0,
+                                          int32_t g, int16_t *planes, size_t pstride,
+                                          int borders)
+{
+    const int16_t zp = (int16_t)in_zp;
+    const int32_t pw = gm->pw, nc = gm->nc;
+    const int32_t rs = gm->src_row, cs = gm->src_col;
     int32_t j, y, x;
-    /* borders (top and bottom rows, left and right columns) never change:
-     * they are written for the first channel group only */
     for (j = 0; borders && j < 4; ++j) {
         int16_t *pl = planes + (size_t)j * pstride;
-        for (y = 0; y < hp; ++y) {
-            int16_t *row = pl + (size_t)y * wp;
-            if (y < p->pad_top || y >= p->pad_top + p->in_h) {
-                for (x = 0; x < wp; ++x) {
+        for (y = 0; y < gm->ph; ++y) {
+            int16_t *row = pl + (size_t)y * pw;
+            if (y < gm->pr0 || y >= gm->pr0 + gm->nr) {
+                for (x = 0; x < pw; ++x) {
                     row[x] = zp;
                 }
             } else {
-                for (x = 0; x < p->pad_left; ++x) {
+                for (x = 0; x < gm->pc0; ++x) {
                     row[x] = zp;
                 }
-                for (x = p->pad_left + p->in_w; x < wp; ++x) {
+                for (x = gm->pc0 + nc; x < pw; ++x) {
                     row[x] = zp;
                 }
             }
@@ -905,39 +1161,37 @@ EB_NOINLINE static void eb_dw_fill_planes(const eb_conv_params *p, const int8_t 
     }
     if (g == 4 && (cin & 3) == 0 && (ic0 & 3) == 0) {
         /* 2 pixels x 4 channels per step: SXTB16 + PKHBT/PKHTB into pairs */
-        for (y = 0; y < p->in_h; ++y) {
-            const int8_t *src = in + (size_t)y * p->in_w * cin + ic0;
-            int16_t *d0 = planes + (size_t)(y + p->pad_top) * wp + p->pad_left;
-            int16_t *d1 = d0 + pstride;
-            int16_t *d2 = d1 + pstride;
-            int16_t *d3 = d2 + pstride;
-            for (x = p->in_w >> 1; x > 0; --x) {
+        const int8_t *src_row = in + ic0;
+        int16_t *d_row = planes + (size_t)gm->pr0 * pw + gm->pc0;
+        for (y = gm->nr; y > 0; --y) {
+            const int8_t *src = src_row;
+            int16_t *d = d_row;
+            for (x = nc >> 1; x > 0; --x) {
                 const int32_t a = eb_read32(src);
-                const int32_t b = eb_read32(src + cin);
+                const int32_t b = eb_read32(src + cs);
                 const int32_t a02 = eb_sxtb16(a), a13 = eb_sxtb16_ror8(a);
                 const int32_t b02 = eb_sxtb16(b), b13 = eb_sxtb16_ror8(b);
-                eb_write32(d0, eb_pack_lo(a02, b02));
-                eb_write32(d1, eb_pack_lo(a13, b13));
-                eb_write32(d2, eb_pack_hi(a02, b02));
-                eb_write32(d3, eb_pack_hi(a13, b13));
-                src += 2 * cin;
-                d0 += 2;
-                d1 += 2;
-                d2 += 2;
-                d3 += 2;
+                eb_write32(d, eb_pack_lo(a02, b02));
+                eb_write32(d + pstride, eb_pack_lo(a13, b13));
+                eb_write32(d + 2 * pstride, eb_pack_hi(a02, b02));
+                eb_write32(d + 3 * pstride, eb_pack_hi(a13, b13));
+                src += 2 * cs;
+                d += 2;
             }
-            if (p->in_w & 1) {
-                *d0 = src[0];
-                *d1 = src[1];
-                *d2 = src[2];
-                *d3 = src[3];
+            if (nc & 1) {
+                d[0] = src[0];
+                d[pstride] = src[1];
+                d[2 * pstride] = src[2];
+                d[3 * pstride] = src[3];
             }
+            src_row += rs;
+            d_row += pw;
         }
     } else {
-        for (y = 0; y < p->in_h; ++y) {
-            for (x = 0; x < p->in_w; ++x) {
-                const int8_t *src = in + ((size_t)y * p->in_w + x) * cin + ic0;
-                int16_t *d = planes + (size_t)(y + p->pad_top) * wp + p->pad_left + x;
+        for (y = 0; y < gm->nr; ++y) {
+            for (x = 0; x < nc; ++x) {
+                const int8_t *src = in + (size_t)y * rs + (size_t)x * cs + ic0;
+                int16_t *d = planes + (size_t)(y + gm->pr0) * pw + gm->pc0 + x;
                 for (j = 0; j < g; ++j) {
                     d[(size_t)j * pstride] = src[j];
                 }
@@ -950,236 +1204,215 @@ EB_NOINLINE static void eb_dw_fill_planes(const eb_conv_params *p, const int8_t 
 /* State of one depthwise channel for the assembly plane loop (the asm uses
  * the byte offsets in the comments: keep the order). */
 typedef struct {
-    int32_t init;          /*  0: bias - zp_in * sum(w)                 */
-    int32_t init2;         /*  4: the same (one LDRD loads both accs)   */
-    int32_t mult;          /*  8: M (eb_rq2_const)                      */
-    int32_t h;             /* 12: H (zp_out folded)                     */
-    int32_t sh;            /* 16: e - 1                                 */
-    int32_t ostep;         /* 20: out_c                                 */
-    int32_t pair_bytes;    /* 24: 4 * stride_w * (out_w / 2)            */
-    int32_t row_adv;       /* 28: stride_h * plane row bytes            */
-    int32_t rows;          /* 32: output rows left (counted down)       */
-    int32_t odd;           /* 36: out_w is odd                          */
-    const int16_t *end;    /* 40: end of the pairs of the current row   */
-    const int16_t *row;    /* 44: plane position of the current row     */
+    int32_t init;          /*  0: bias - zp_in * sum(w)                     */
+    int32_t init2;         /*  4: the same (one LDRD loads two accs)        */
+    int32_t mult;          /*  8: M (eb_rq2_const)                          */
+    int32_t h;             /* 12: H (zp_out folded)                         */
+    int32_t w0;            /* 16: W0, W1, W2 (reloaded after the requant)   */
+    int32_t w1;            /* 20                                            */
+    int32_t w2;            /* 24                                            */
+    int32_t ostep;         /* 28: output bytes between outputs of a row     */
+    int32_t quad_bytes;    /* 32: plane bytes of the row's quads            */
+    const int16_t *end;    /* 36: end of the quads of the current row       */
+    const int16_t *row;    /* 40: plane position of the current row         */
+    int32_t row_adv;       /* 44: plane bytes from one output row to the next */
+    int8_t *orow;          /* 48: output of the current row                 */
+    int32_t orow_adv;      /* 52: output bytes from one row to the next     */
+    int32_t rows;          /* 56: output rows left (counted down)           */
+    int32_t tail;          /* 60: outputs per row % 4                       */
 } eb_dwk;
 
-/* Folded requantization of c0 then c1 (M stays in t1, sh in t0), stores at
- * o and o + out_c, advances o by two outputs. */
-#define EB_DW_RQ2                                                        \
-    "ldrd   %[t1], %[t2], [%[k], #8]\n\t"                                 \
-    "and    %[t0], %[c0], #0x80000000\n\t"                                \
-    "sub    %[t2], %[t2], %[t0], lsr #31\n\t"                             \
-    "orr    %[t0], %[t0], #0x40000000\n\t"                                \
-    "smlal  %[t0], %[t2], %[c0], %[t1]\n\t"                               \
-    "ldr    %[t0], [%[k], #16]\n\t"                                       \
-    "asr    %[t2], %[t2], %[t0]\n\t"                                      \
-    "ssat   %[t2], #8, %[t2]\n\t"                                         \
-    "strb   %[t2], [%[o]]\n\t"                                            \
-    "and    %[c0], %[c1], #0x80000000\n\t"                                \
-    "ldr    %[t2], [%[k], #12]\n\t"                                       \
-    "sub    %[t2], %[t2], %[c0], lsr #31\n\t"                             \
-    "orr    %[c0], %[c0], #0x40000000\n\t"                                \
-    "smlal  %[c0], %[t2], %[c1], %[t1]\n\t"                               \
-    "asr    %[t2], %[t2], %[t0]\n\t"                                      \
-    "ssat   %[t2], #8, %[t2]\n\t"                                         \
-    "ldr    %[t0], [%[k], #20]\n\t"                                       \
-    "strb   %[t2], [%[o], %[t0]]\n\t"                                     \
-    "add    %[o], %[o], %[t0], lsl #1\n\t"
+/* One row of taps (weights W, third tap in half H of S) for 4, 2 and 1
+ * outputs, stride 1 and 2.  S2's low byte holds the requantization shift. */
+#define EB_DW4_S1_ROW(W, S, H)                                             \
+    "ldr    %[t], [%[a]]\n\t"                                              \
+    "smlad  %[c0], %[t], %[" W "], %[c0]\n\t"                              \
+    "ldr    %[t], [%[a], #2]\n\t"                                          \
+    "smlad  %[c1], %[t], %[" W "], %[c1]\n\t"                              \
+    "ldr    %[t], [%[a], #4]\n\t"                                          \
+    "smlad  %[c2], %[t], %[" W "], %[c2]\n\t"                              \
+    "smlab" H " %[c0], %[t], %[" S "], %[c0]\n\t"                          \
+    "smlat" H " %[c1], %[t], %[" S "], %[c1]\n\t"                          \
+    "ldr    %[t], [%[a], #6]\n\t"                                          \
+    "smlad  %[c3], %[t], %[" W "], %[c3]\n\t"                              \
+    "ldr    %[t], [%[a], #8]\n\t"                                          \
+    "smlab" H " %[c2], %[t], %[" S "], %[c2]\n\t"                          \
+    "smlat" H " %[c3], %[t], %[" S "], %[c3]\n\t"
+#define EB_DW4_S2_ROW(W, S, H)                                             \
+    "ldr    %[t], [%[a]]\n\t"                                              \
+    "smlad  %[c0], %[t], %[" W "], %[c0]\n\t"                              \
+    "ldr    %[t], [%[a], #4]\n\t"                                          \
+    "smlab" H " %[c0], %[t], %[" S "], %[c0]\n\t"                          \
+    "smlad  %[c1], %[t], %[" W "], %[c1]\n\t"                              \
+    "ldr    %[t], [%[a], #8]\n\t"                                          \
+    "smlab" H " %[c1], %[t], %[" S "], %[c1]\n\t"                          \
+    "smlad  %[c2], %[t], %[" W "], %[c2]\n\t"                              \
+    "ldr    %[t], [%[a], #12]\n\t"                                         \
+    "smlab" H " %[c2], %[t], %[" S "], %[c2]\n\t"                          \
+    "smlad  %[c3], %[t], %[" W "], %[c3]\n\t"                              \
+    "ldrsh  %[t], [%[a], #16]\n\t"                                         \
+    "smlab" H " %[c3], %[t], %[" S "], %[c3]\n\t"
+#define EB_DW2_S1_ROW(W, S, H)                                             \
+    "ldr    %[t], [%[a]]\n\t"                                              \
+    "smlad  %[c0], %[t], %[" W "], %[c0]\n\t"                              \
+    "ldr    %[t], [%[a], #2]\n\t"                                          \
+    "smlad  %[c1], %[t], %[" W "], %[c1]\n\t"                              \
+    "ldr    %[t], [%[a], #4]\n\t"                                          \
+    "smlab" H " %[c0], %[t], %[" S "], %[c0]\n\t"                          \
+    "smlat" H " %[c1], %[t], %[" S "], %[c1]\n\t"
+#define EB_DW2_S2_ROW(W, S, H)                                             \
+    "ldr    %[t], [%[a]]\n\t"                                              \
+    "smlad  %[c0], %[t], %[" W "], %[c0]\n\t"                              \
+    "ldr    %[t], [%[a], #4]\n\t"                                          \
+    "smlab" H " %[c0], %[t], %[" S "], %[c0]\n\t"                          \
+    "smlad  %[c1], %[t], %[" W "], %[c1]\n\t"                              \
+    "ldrsh  %[t], [%[a], #8]\n\t"                                          \
+    "smlab" H " %[c1], %[t], %[" S "], %[c1]\n\t"
+#define EB_DW1_ROW(W, S, H)                                                \
+    "ldr    %[t], [%[a]]\n\t"                                              \
+    "smlad  %[c0], %[t], %[" W "], %[c0]\n\t"                              \
+    "ldrsh  %[t], [%[a], #4]\n\t"                                          \
+    "smlab" H " %[c0], %[t], %[" S "], %[c0]\n\t"
+#define EB_DW_ROWS(ROW)                                                    \
+    ROW("W0", "S01", "b")                                                  \
+    "add    %[a], %[a], %[wpb]\n\t"                                        \
+    ROW("W1", "S01", "t")                                                  \
+    "add    %[a], %[a], %[wpb]\n\t"                                        \
+    ROW("W2", "S2", "t")                                                   \
+    "sub    %[a], %[a], %[wpb], lsl #1\n\t"
 
-/* Folded requantization of c0 alone, store at o, advance o by one. */
-#define EB_DW_RQ1                                                        \
-    "ldrd   %[t1], %[t2], [%[k], #8]\n\t"                                 \
-    "and    %[t0], %[c0], #0x80000000\n\t"                                \
-    "sub    %[t2], %[t2], %[t0], lsr #31\n\t"                             \
-    "orr    %[t0], %[t0], #0x40000000\n\t"                                \
-    "smlal  %[t0], %[t2], %[c0], %[t1]\n\t"                               \
-    "ldr    %[t0], [%[k], #16]\n\t"                                       \
-    "asr    %[t2], %[t2], %[t0]\n\t"                                      \
-    "ssat   %[t2], #8, %[t2]\n\t"                                         \
-    "ldr    %[t0], [%[k], #20]\n\t"                                       \
-    "strb   %[t2], [%[o]]\n\t"                                            \
-    "add    %[o], %[o], %[t0]\n\t"
+/* Folded requantization of C (M in MR, H in HR, the high word in HI, which
+ * may be HR itself).  Full int8 clamp by SSAT. */
+#define EB_DW_RQ(C, MR, HR, HI)                                            \
+    "and    %[t], %[" C "], #0x80000000\n\t"                               \
+    "sub    %[" HI "], %[" HR "], %[t], lsr #31\n\t"                       \
+    "orr    %[t], %[t], #0x40000000\n\t"                                   \
+    "smlal  %[t], %[" HI "], %[" C "], %[" MR "]\n\t"                      \
+    "asr    %[" HI "], %[" HI "], %[S2]\n\t"                               \
+    "ssat   %[" C "], #8, %[" HI "]\n\t"
 
-/* Stride-1 (horizontal) 3x3 over a whole zp-padded plane: pairs of outputs
- * share their loads; full int8 clamp; folded requantization.  About 50
- * instructions per 2 outputs (18 MACs) and 12 per row. */
-static void eb_dw3x3_plane_s1(int8_t *o, int32_t wpb, eb_dwk *k, int32_t W0,
-                              int32_t W1, int32_t W2, int32_t S01, int32_t S2)
+/* The whole plane: each row as quads, then a pair, then a single output. */
+#define EB_DW_PLANE(ROW4, ROW2, QUAD_STEP, PAIR_STEP)                      \
+    "0:\n\t"                                                               \
+    "ldr    %[a], [%[k], #40]\n\t"                                         \
+    "ldr    %[o], [%[k], #48]\n\t"                                         \
+    "ldr    %[t], [%[k], #32]\n\t"                                         \
+    "add    %[t], %[a], %[t]\n\t"                                          \
+    "str    %[t], [%[k], #36]\n\t"                                         \
+    "cmp    %[t], %[a]\n\t"                                                \
+    "beq    2f\n\t"                                                        \
+    "1:\n\t"                                                               \
+    "ldrd   %[c0], %[c1], [%[k]]\n\t"                                      \
+    "ldrd   %[c2], %[c3], [%[k]]\n\t"                                      \
+    EB_DW_ROWS(ROW4)                                                       \
+    "add    %[a], %[a], #" QUAD_STEP "\n\t"                                \
+    "ldrd   %[W0], %[W1], [%[k], #8]\n\t"                                  \
+    EB_DW_RQ("c0", "W0", "W1", "W2")                                       \
+    EB_DW_RQ("c1", "W0", "W1", "W2")                                       \
+    EB_DW_RQ("c2", "W0", "W1", "W2")                                       \
+    EB_DW_RQ("c3", "W0", "W1", "W2")                                       \
+    "ldr    %[W0], [%[k], #28]\n\t"                                        \
+    "strb   %[c0], [%[o]]\n\t"                                             \
+    "strb   %[c1], [%[o], %[W0]]\n\t"                                      \
+    "add    %[o], %[o], %[W0], lsl #1\n\t"                                 \
+    "strb   %[c2], [%[o]]\n\t"                                             \
+    "strb   %[c3], [%[o], %[W0]]\n\t"                                      \
+    "add    %[o], %[o], %[W0], lsl #1\n\t"                                 \
+    "ldrd   %[W0], %[W1], [%[k], #16]\n\t"                                 \
+    "ldr    %[W2], [%[k], #24]\n\t"                                        \
+    "ldr    %[t], [%[k], #36]\n\t"                                         \
+    "cmp    %[a], %[t]\n\t"                                                \
+    "bne    1b\n\t"                                                        \
+    "2:\n\t"                                                               \
+    "ldr    %[t], [%[k], #60]\n\t"                                         \
+    "tst    %[t], #2\n\t"                                                  \
+    "beq    3f\n\t"                                                        \
+    "ldrd   %[c0], %[c1], [%[k]]\n\t"                                      \
+    EB_DW_ROWS(ROW2)                                                       \
+    "add    %[a], %[a], #" PAIR_STEP "\n\t"                                \
+    "ldrd   %[c2], %[c3], [%[k], #8]\n\t"                                  \
+    EB_DW_RQ("c0", "c2", "c3", "c3")                                       \
+    "ldr    %[c3], [%[k], #12]\n\t"                                        \
+    EB_DW_RQ("c1", "c2", "c3", "c3")                                       \
+    "ldr    %[t], [%[k], #28]\n\t"                                         \
+    "strb   %[c0], [%[o]]\n\t"                                             \
+    "strb   %[c1], [%[o], %[t]]\n\t"                                       \
+    "add    %[o], %[o], %[t], lsl #1\n\t"                                  \
+    "3:\n\t"                                                               \
+    "ldr    %[t], [%[k], #60]\n\t"                                         \
+    "tst    %[t], #1\n\t"                                                  \
+    "beq    4f\n\t"                                                        \
+    "ldr    %[c0], [%[k]]\n\t"                                             \
+    EB_DW_ROWS(EB_DW1_ROW)                                                 \
+    "ldrd   %[c2], %[c3], [%[k], #8]\n\t"                                  \
+    EB_DW_RQ("c0", "c2", "c3", "c3")                                       \
+    "strb   %[c0], [%[o]]\n\t"                                             \
+    "4:\n\t"                                                               \
+    "ldr    %[t], [%[k], #40]\n\t"                                         \
+    "ldr    %[c0], [%[k], #44]\n\t"                                        \
+    "add    %[t], %[t], %[c0]\n\t"                                         \
+    "str    %[t], [%[k], #40]\n\t"                                         \
+    "ldr    %[t], [%[k], #48]\n\t"                                         \
+    "ldr    %[c0], [%[k], #52]\n\t"                                        \
+    "add    %[t], %[t], %[c0]\n\t"                                         \
+    "str    %[t], [%[k], #48]\n\t"                                         \
+    "ldr    %[t], [%[k], #56]\n\t"                                         \
+    "subs   %[t], %[t], #1\n\t"                                            \
+    "str    %[t], [%[k], #56]\n\t"                                         \
+    "bne    0b\n\t"
+
+/* 3x3 over a whole plane, stride 1 along the rows: 4 outputs share their
+ * loads (5 loads and 8 multiply-accumulates a row of taps), then their
+ * folded requantizations with the weights' registers borrowed.  About 82
+ * instructions per 4 outputs (36 MACs). */
+static void eb_dw3x3_plane_s1(int32_t wpb, eb_dwk *k, int32_t W0, int32_t W1,
+                              int32_t W2, int32_t S01, int32_t S2)
 {
     const int16_t *a;
-    int32_t c0, c1, t0, t1, t2;
-    __asm__ volatile(
-        "0:\n\t"
-        "ldr    %[a], [%[k], #44]\n\t"
-        "ldr    %[t0], [%[k], #24]\n\t"
-        "add    %[t0], %[a], %[t0]\n\t"
-        "str    %[t0], [%[k], #40]\n\t"
-        "cmp    %[t0], %[a]\n\t"
-        "beq    2f\n\t"
-        "1:\n\t"
-        "ldrd   %[c0], %[c1], [%[k]]\n\t"
-        "ldr    %[t0], [%[a]]\n\t"
-        "smlad  %[c0], %[t0], %[W0], %[c0]\n\t"
-        "ldr    %[t0], [%[a], #2]\n\t"
-        "smlad  %[c1], %[t0], %[W0], %[c1]\n\t"
-        "ldr    %[t0], [%[a], #4]\n\t"
-        "smlabb %[c0], %[t0], %[S01], %[c0]\n\t"
-        "smlatb %[c1], %[t0], %[S01], %[c1]\n\t"
-        "add    %[t1], %[a], %[wpb]\n\t"
-        "ldr    %[t0], [%[t1]]\n\t"
-        "smlad  %[c0], %[t0], %[W1], %[c0]\n\t"
-        "ldr    %[t0], [%[t1], #2]\n\t"
-        "smlad  %[c1], %[t0], %[W1], %[c1]\n\t"
-        "ldr    %[t0], [%[t1], #4]\n\t"
-        "smlabt %[c0], %[t0], %[S01], %[c0]\n\t"
-        "smlatt %[c1], %[t0], %[S01], %[c1]\n\t"
-        "add    %[t1], %[t1], %[wpb]\n\t"
-        "ldr    %[t0], [%[t1]]\n\t"
-        "smlad  %[c0], %[t0], %[W2], %[c0]\n\t"
-        "ldr    %[t0], [%[t1], #2]\n\t"
-        "smlad  %[c1], %[t0], %[W2], %[c1]\n\t"
-        "ldr    %[t0], [%[t1], #4]\n\t"
-        "smlabb %[c0], %[t0], %[S2], %[c0]\n\t"
-        "smlatb %[c1], %[t0], %[S2], %[c1]\n\t"
-        EB_DW_RQ2
-        "add    %[a], %[a], #4\n\t"
-        "ldr    %[t0], [%[k], #40]\n\t"
-        "cmp    %[a], %[t0]\n\t"
-        "bne    1b\n\t"
-        "2:\n\t"
-        "ldr    %[t0], [%[k], #36]\n\t"
-        "cmp    %[t0], #0\n\t"
-        "beq    3f\n\t"
-        "ldr    %[c0], [%[k]]\n\t"
-        "ldr    %[t0], [%[a]]\n\t"
-        "smlad  %[c0], %[t0], %[W0], %[c0]\n\t"
-        "ldrsh  %[t0], [%[a], #4]\n\t"
-        "smlabb %[c0], %[t0], %[S01], %[c0]\n\t"
-        "add    %[t1], %[a], %[wpb]\n\t"
-        "ldr    %[t0], [%[t1]]\n\t"
-        "smlad  %[c0], %[t0], %[W1], %[c0]\n\t"
-        "ldrsh  %[t0], [%[t1], #4]\n\t"
-        "smlabt %[c0], %[t0], %[S01], %[c0]\n\t"
-        "add    %[t1], %[t1], %[wpb]\n\t"
-        "ldr    %[t0], [%[t1]]\n\t"
-        "smlad  %[c0], %[t0], %[W2], %[c0]\n\t"
-        "ldrsh  %[t0], [%[t1], #4]\n\t"
-        "smlabb %[c0], %[t0], %[S2], %[c0]\n\t"
-        EB_DW_RQ1
-        "3:\n\t"
-        "ldr    %[t0], [%[k], #44]\n\t"
-        "ldr    %[t1], [%[k], #28]\n\t"
-        "add    %[t0], %[t0], %[t1]\n\t"
-        "str    %[t0], [%[k], #44]\n\t"
-        "ldr    %[t0], [%[k], #32]\n\t"
-        "subs   %[t0], %[t0], #1\n\t"
-        "str    %[t0], [%[k], #32]\n\t"
-        "bne    0b\n\t"
-        : [a] "=&r"(a), [o] "+r"(o), [c0] "=&r"(c0), [c1] "=&r"(c1), [t0] "=&r"(t0),
-          [t1] "=&r"(t1), [t2] "=&r"(t2)
-        : [k] "r"(k), [wpb] "r"(wpb), [W0] "r"(W0), [W1] "r"(W1), [W2] "r"(W2),
-          [S01] "r"(S01), [S2] "r"(S2)
-        : "cc", "memory");
+    int8_t *o;
+    int32_t c0, c1, c2, c3, t;
+    __asm__ volatile(EB_DW_PLANE(EB_DW4_S1_ROW, EB_DW2_S1_ROW, "8", "4")
+                     : [a] "=&r"(a), [o] "=&r"(o), [c0] "=&r"(c0), [c1] "=&r"(c1),
+                       [c2] "=&r"(c2), [c3] "=&r"(c3), [t] "=&r"(t), [W0] "+r"(W0),
+                       [W1] "+r"(W1), [W2] "+r"(W2)
+                     : [k] "r"(k), [wpb] "r"(wpb), [S01] "r"(S01), [S2] "r"(S2)
+                     : "cc", "memory");
 }
-/* Stride-2 (horizontal) variant: out0 reads x0..x2, out1 x2..x4, so the
- * middle word serves both; full int8 clamp; folded requantization.  About 50
- * instructions per 2 outputs (18 MACs) and 12 per row. */
-static void eb_dw3x3_plane_s2(int8_t *o, int32_t wpb, eb_dwk *k, int32_t W0,
-                              int32_t W1, int32_t W2, int32_t S01, int32_t S2)
+/* Stride 2 along the rows: out j reads x 2j..2j+2, so the word at x 2j+2
+ * serves outputs j and j + 1. */
+static void eb_dw3x3_plane_s2(int32_t wpb, eb_dwk *k, int32_t W0, int32_t W1,
+                              int32_t W2, int32_t S01, int32_t S2)
 {
     const int16_t *a;
-    int32_t c0, c1, t0, t1, t2;
-    __asm__ volatile(
-        "0:\n\t"
-        "ldr    %[a], [%[k], #44]\n\t"
-        "ldr    %[t0], [%[k], #24]\n\t"
-        "add    %[t0], %[a], %[t0]\n\t"
-        "str    %[t0], [%[k], #40]\n\t"
-        "cmp    %[t0], %[a]\n\t"
-        "beq    2f\n\t"
-        "1:\n\t"
-        "ldrd   %[c0], %[c1], [%[k]]\n\t"
-        "ldr    %[t0], [%[a]]\n\t"
-        "smlad  %[c0], %[t0], %[W0], %[c0]\n\t"
-        "ldr    %[t0], [%[a], #4]\n\t"
-        "smlabb %[c0], %[t0], %[S01], %[c0]\n\t"
-        "smlad  %[c1], %[t0], %[W0], %[c1]\n\t"
-        "ldrsh  %[t0], [%[a], #8]\n\t"
-        "smlabb %[c1], %[t0], %[S01], %[c1]\n\t"
-        "add    %[t1], %[a], %[wpb]\n\t"
-        "ldr    %[t0], [%[t1]]\n\t"
-        "smlad  %[c0], %[t0], %[W1], %[c0]\n\t"
-        "ldr    %[t0], [%[t1], #4]\n\t"
-        "smlabt %[c0], %[t0], %[S01], %[c0]\n\t"
-        "smlad  %[c1], %[t0], %[W1], %[c1]\n\t"
-        "ldrsh  %[t0], [%[t1], #8]\n\t"
-        "smlabt %[c1], %[t0], %[S01], %[c1]\n\t"
-        "add    %[t1], %[t1], %[wpb]\n\t"
-        "ldr    %[t0], [%[t1]]\n\t"
-        "smlad  %[c0], %[t0], %[W2], %[c0]\n\t"
-        "ldr    %[t0], [%[t1], #4]\n\t"
-        "smlabb %[c0], %[t0], %[S2], %[c0]\n\t"
-        "smlad  %[c1], %[t0], %[W2], %[c1]\n\t"
-        "ldrsh  %[t0], [%[t1], #8]\n\t"
-        "smlabb %[c1], %[t0], %[S2], %[c1]\n\t"
-        EB_DW_RQ2
-        "add    %[a], %[a], #8\n\t"
-        "ldr    %[t0], [%[k], #40]\n\t"
-        "cmp    %[a], %[t0]\n\t"
-        "bne    1b\n\t"
-        "2:\n\t"
-        "ldr    %[t0], [%[k], #36]\n\t"
-        "cmp    %[t0], #0\n\t"
-        "beq    3f\n\t"
-        "ldr    %[c0], [%[k]]\n\t"
-        "ldr    %[t0], [%[a]]\n\t"
-        "smlad  %[c0], %[t0], %[W0], %[c0]\n\t"
-        "ldrsh  %[t0], [%[a], #4]\n\t"
-        "smlabb %[c0], %[t0], %[S01], %[c0]\n\t"
-        "add    %[t1], %[a], %[wpb]\n\t"
-        "ldr    %[t0], [%[t1]]\n\t"
-        "smlad  %[c0], %[t0], %[W1], %[c0]\n\t"
-        "ldrsh  %[t0], [%[t1], #4]\n\t"
-        "smlabt %[c0], %[t0], %[S01], %[c0]\n\t"
-        "add    %[t1], %[t1], %[wpb]\n\t"
-        "ldr    %[t0], [%[t1]]\n\t"
-        "smlad  %[c0], %[t0], %[W2], %[c0]\n\t"
-        "ldrsh  %[t0], [%[t1], #4]\n\t"
-        "smlabb %[c0], %[t0], %[S2], %[c0]\n\t"
-        EB_DW_RQ1
-        "3:\n\t"
-        "ldr    %[t0], [%[k], #44]\n\t"
-        "ldr    %[t1], [%[k], #28]\n\t"
-        "add    %[t0], %[t0], %[t1]\n\t"
-        "str    %[t0], [%[k], #44]\n\t"
-        "ldr    %[t0], [%[k], #32]\n\t"
-        "subs   %[t0], %[t0], #1\n\t"
-        "str    %[t0], [%[k], #32]\n\t"
-        "bne    0b\n\t"
-        : [a] "=&r"(a), [o] "+r"(o), [c0] "=&r"(c0), [c1] "=&r"(c1), [t0] "=&r"(t0),
-          [t1] "=&r"(t1), [t2] "=&r"(t2)
-        : [k] "r"(k), [wpb] "r"(wpb), [W0] "r"(W0), [W1] "r"(W1), [W2] "r"(W2),
-          [S01] "r"(S01), [S2] "r"(S2)
-        : "cc", "memory");
+    int8_t *o;
+    int32_t c0, c1, c2, c3, t;
+    __asm__ volatile(EB_DW_PLANE(EB_DW4_S2_ROW, EB_DW2_S2_ROW, "16", "8")
+                     : [a] "=&r"(a), [o] "=&r"(o), [c0] "=&r"(c0), [c1] "=&r"(c1),
+                       [c2] "=&r"(c2), [c3] "=&r"(c3), [t] "=&r"(t), [W0] "+r"(W0),
+                       [W1] "+r"(W1), [W2] "+r"(W2)
+                     : [k] "r"(k), [wpb] "r"(wpb), [S01] "r"(S01), [S2] "r"(S2)
+                     : "cc", "memory");
 }
 #define EB_DW_ASM 1
 #endif
 
-/* 3x3, dilation 1, stride_w 1 or 2, fast requantization: two outputs per
- * step along a row.  Weights live in registers as int16 pairs
- * W_ky = (w[ky][0], w[ky][1]) plus S01 = (w[0][2], w[1][2]), S2 = w[2][2];
- * each row costs three word loads and four SMLAxy/SMLAD for two outputs. */
-static void eb_dw3x3_channel(const eb_conv_params *p, const int8_t *w,
-                             const int32_t *bias, int32_t c, const eb_rq_channel *qc,
-                             const eb_outq *oq, const int16_t *pl, int32_t wp,
-                             int8_t *out)
+/* 3x3, dilation 1, stride 1 or 2 along the plane rows, fast
+ * requantization, in plane coordinates.  Weights live in registers as int16
+ * pairs W_r = (w[r][0], w[r][1]) plus S01 = (w[0][2], w[1][2]), S2 = w[2][2]
+ * (w[r][i]: the tap at plane offset (r, i)). */
+static void eb_dw3x3_channel(const eb_conv_params *p, const eb_dwgeo *gm,
+                             const int8_t *w, const int32_t *bias, int32_t c,
+                             const eb_rq_channel *qc, const eb_outq *oq,
+                             const int16_t *pl, int8_t *out)
 {
     const int32_t cout = p->out_c;
     const int8_t *wc = w + c;
-    const int32_t w00 = wc[0], w01 = wc[cout], w02 = wc[2 * cout];
-    const int32_t w10 = wc[3 * cout], w11 = wc[4 * cout], w12 = wc[5 * cout];
-    const int32_t w20 = wc[6 * cout], w21 = wc[7 * cout], w22 = wc[8 * cout];
+    const int32_t tr = gm->transposed;
+#define EB_WT(r, i) ((int32_t)wc[(size_t)(tr ? (i) * 3 + (r) : (r) * 3 + (i)) * (size_t)cout])
+    const int32_t w00 = EB_WT(0, 0), w01 = EB_WT(0, 1), w02 = EB_WT(0, 2);
+    const int32_t w10 = EB_WT(1, 0), w11 = EB_WT(1, 1), w12 = EB_WT(1, 2);
+    const int32_t w20 = EB_WT(2, 0), w21 = EB_WT(2, 1), w22 = EB_WT(2, 2);
+#undef EB_WT
     const int32_t init = (bias ? bias[c] : 0) -
                          p->in_zp * (w00 + w01 + w02 + w10 + w11 + w12 + w20 + w21 + w22);
     const int32_t W0 = eb_pack_lo(w00, w01);
@@ -1189,8 +1422,8 @@ static void eb_dw3x3_channel(const eb_conv_params *p, const int8_t *w,
     const int32_t S2 = w22;
     const eb_rq_channel q = *qc;
     const int32_t zp = oq->zp, lo = oq->lo, hi = oq->hi;
-    const int32_t sw = p->stride_w;
-    const size_t ostep = (size_t)cout;
+    const int32_t wp = gm->pw, sw = gm->si;
+    const size_t ostep = (size_t)gm->ostep;
     int32_t oy, ox;
 #if defined(EB_DW_ASM)
     eb_rq2_const q2;
@@ -1201,26 +1434,31 @@ static void eb_dw3x3_channel(const eb_conv_params *p, const int8_t *w,
         k.init2 = init;
         k.mult = q2.mult;
         k.h = q2.h;
-        k.sh = q2.sh;
-        k.ostep = cout;
-        k.pair_bytes = 4 * sw * (p->out_w >> 1);
-        k.row_adv = p->stride_h * wp * 2;
-        k.rows = p->out_h;
-        k.odd = p->out_w & 1;
+        k.w0 = W0;
+        k.w1 = W1;
+        k.w2 = W2;
+        k.ostep = gm->ostep;
+        k.quad_bytes = 8 * sw * (gm->len >> 2);
         k.end = pl;
         k.row = pl;
+        k.row_adv = gm->sr * wp * 2;
+        k.orow = out + c;
+        k.orow_adv = gm->orow;
+        k.rows = gm->rows;
+        k.tail = gm->len & 3;
+        /* w22 in the high half, the shift in the low byte (ASR reads it) */
         if (sw == 1) {
-            eb_dw3x3_plane_s1(out + c, wp * 2, &k, W0, W1, W2, S01, S2);
+            eb_dw3x3_plane_s1(wp * 2, &k, W0, W1, W2, S01, eb_pack_lo(q2.sh, w22));
         } else {
-            eb_dw3x3_plane_s2(out + c, wp * 2, &k, W0, W1, W2, S01, S2);
+            eb_dw3x3_plane_s2(wp * 2, &k, W0, W1, W2, S01, eb_pack_lo(q2.sh, w22));
         }
         return;
     }
 #endif
-    for (oy = 0; oy < p->out_h; ++oy) {
-        const int16_t *a = pl + (size_t)oy * p->stride_h * wp;
-        int8_t *o = out + (size_t)oy * p->out_w * cout + c;
-        for (ox = 0; ox + 2 <= p->out_w; ox += 2) {
+    for (oy = 0; oy < gm->rows; ++oy) {
+        const int16_t *a = pl + (size_t)oy * gm->sr * wp;
+        int8_t *o = out + (size_t)oy * gm->orow + c;
+        for (ox = 0; ox + 2 <= gm->len; ox += 2) {
             int32_t acc0 = init, acc1 = init, z, u;
             /* row 0 */
             z = eb_read32(a + 2);
@@ -1256,7 +1494,7 @@ static void eb_dw3x3_channel(const eb_conv_params *p, const int8_t *w,
             o += 2 * ostep;
             a += 2 * sw;
         }
-        if (ox < p->out_w) {
+        if (ox < gm->len) {
             int32_t acc = init;
             acc = eb_smlabb(a[2], S01, eb_smlad(eb_read32(a), W0, acc));
             acc = eb_smlabt(a[wp + 2], S01, eb_smlad(eb_read32(a + wp), W1, acc));
@@ -1266,9 +1504,10 @@ static void eb_dw3x3_channel(const eb_conv_params *p, const int8_t *w,
     }
 }
 
-/* Convolve one zp-padded plane with the weights of output channel c.
- * acc starts at bias - zp * sum(w) so the zp-valued padding and the raw
- * input values give exactly sum over valid taps of w * (x - zp). */
+/* Convolve one zp-padded plane (the input's orientation) with the weights
+ * of output channel c.  acc starts at bias - zp * sum(w) so the zp-valued
+ * padding and the raw input values give exactly sum over valid taps of
+ * w * (x - zp). */
 static void eb_dw_channel(const eb_conv_params *p, const int8_t *w,
                           const int32_t *bias, const eb_outq *oq, int32_t c,
                           const int16_t *pl, int32_t wp, int8_t *out)
@@ -1276,11 +1515,6 @@ static void eb_dw_channel(const eb_conv_params *p, const int8_t *w,
     const int32_t cout = p->out_c;
     const int32_t sh = p->stride_h, sw = p->stride_w;
     int32_t wsum = 0, init, oy, ox, ky, kx;
-    if (p->k_h == 3 && p->k_w == 3 && p->dil_h == 1 && p->dil_w == 1 && oq->fast &&
-        (sw == 1 || sw == 2)) {
-        eb_dw3x3_channel(p, w, bias, c, &oq->tab[c], oq, pl, wp, out);
-        return;
-    }
     for (ky = 0; ky < p->k_h * p->k_w; ++ky) {
         wsum += w[(size_t)ky * cout + c];
     }
@@ -1305,21 +1539,31 @@ static void eb_dw_dsp(const eb_conv_params *p, const eb_requant *rq,
                       const int8_t *in, const int8_t *w, const int32_t *bias,
                       int8_t *out, void *scratch)
 {
-    const int32_t wp = p->in_w + p->pad_left + p->pad_right;
     const size_t pstride = EB_ALIGN_UP(eb_dw_plane_elems(p) * sizeof(int16_t)) / sizeof(int16_t);
     eb_rq_channel *tab = (eb_rq_channel *)scratch;
     int16_t *planes = (int16_t *)(void *)((uint8_t *)scratch + eb_rq_table_bytes(p->out_c));
     eb_outq oq;
-    int32_t ic0;
+    eb_dwgeo gm;
+    int32_t ic0, fast3;
     eb_outq_init(&oq, rq, p->out_c, tab, p->out_zp, p->act_min, p->act_max);
+    fast3 = p->k_h == 3 && p->k_w == 3 && p->dil_h == 1 && p->dil_w == 1 && oq.fast &&
+            (p->stride_w == 1 || p->stride_w == 2);
+    eb_dw_geometry(p, fast3 && (p->stride_h == 1 || p->stride_h == 2) &&
+                          eb_dw3x3_cost(p->out_w, p->out_h) < eb_dw3x3_cost(p->out_h, p->out_w),
+                   &gm);
     for (ic0 = 0; ic0 < p->in_c; ic0 += 4) {
         const int32_t g = EB_MIN(4, p->in_c - ic0);
         int32_t j, m;
-        eb_dw_fill_planes(p, in, ic0, g, planes, pstride, wp, ic0 == 0);
+        eb_dw_fill_planes(&gm, p->in_zp, in, p->in_c, ic0, g, planes, pstride, ic0 == 0);
         for (j = 0; j < g; ++j) {
             for (m = 0; m < p->depth_mult; ++m) {
-                eb_dw_channel(p, w, bias, &oq, (ic0 + j) * p->depth_mult + m,
-                              planes + (size_t)j * pstride, wp, out);
+                const int32_t c = (ic0 + j) * p->depth_mult + m;
+                const int16_t *pl = planes + (size_t)j * pstride;
+                if (fast3) {
+                    eb_dw3x3_channel(p, &gm, w, bias, c, &oq.tab[c], &oq, pl, out);
+                } else {
+                    eb_dw_channel(p, w, bias, &oq, c, pl, gm.pw, out);
+                }
             }
         }
     }

@@ -209,7 +209,7 @@ typedef struct {
     int32_t b_hi;   /* high word of B                                       */
     int32_t sh;     /* e - 1                                                */
     int32_t h2;     /* folded form (eb_rq2_make): 2^(e-2) + zp_out 2^(e-1)  */
-    int32_t pad;
+    int32_t bias;   /* the conv kernels' bias (set by eb_conv2d's DSP path) */
 } eb_rq_channel;    /* 24 bytes; the scratch size functions count on it     */
 
 /* Fill `n_out` per-channel entries from rq (per tensor if rq->n == 1).

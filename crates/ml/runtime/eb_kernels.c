@@ -54,7 +54,7 @@ int eb_rq_prepare(const eb_requant *rq, int32_t n_out, eb_rq_channel *tab,
         int32_t s = rq->shift[i];
         eb_rq2_const q2;
         tab[c].mult = m;
-        tab[c].pad = 0;
+        tab[c].bias = 0;
         if (m == 0 && s >= 0) {
             /* a channel whose weights are all zero: MBQM = 0 at every shift, and so are the
              * closed forms with M = 0 at any exponent from 2 up */

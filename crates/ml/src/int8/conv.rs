@@ -155,7 +155,7 @@ pub fn conv2d_scratch_bytes(p: &ConvParams) -> Option<usize> {
             .checked_mul(RQ_CHANNEL_BYTES)?,
     )?;
     let gather = align_up(k)?;
-    let cols = align_up(k.checked_mul(2)?.checked_add(8)?.checked_mul(2)?)?;
+    let cols = align_up(k.checked_mul(4)?.checked_add(16)?.checked_mul(2)?)?;
     let last_row = align_up(k.checked_add(3)?)?;
     rq.checked_add(gather)?
         .checked_add(cols)?
