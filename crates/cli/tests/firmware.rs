@@ -346,3 +346,196 @@ fn a_small_arena_gives_the_same_outputs_for_more_instructions() {
     assert_eq!(small["mismatches"], 0, "{small}");
     assert_eq!(small["output_sha256"], fast["output_sha256"]);
 }
+
+/// A graph whose every layer takes another branch of the C kernels' assembly (SPEC.md, "int8
+/// arithmetic", the DSP paths), built and run on the three boards; the device must equal the
+/// host and the reference kernels on every sample. Input 3 × 21 × 6:
+///
+/// - `stem`, 3 → 8, 3×3, padding 1: the RGB window path inside, the gathered one at the borders,
+///   K = 27 (the last row from its padded copy); 126 pixels, so 31 groups of 4 and a pair;
+/// - `dw1`, 3×3 stride 1 on 21 × 6: the transposed planes (6 rows of 21: quads and a single);
+/// - `pw1`, 8 → 12: K = 8, every channel folded;
+/// - `dw2`, 3×3 stride 2 to 11 × 3: transposed, stride 2 along the plane rows, a pair and a
+///   single per row; one channel's weights are tiny (a requantization exponent above 24), so it
+///   takes the C loop;
+/// - `pw2`, 12 → 10: K = 12 (an odd number of quads), a tiny channel (the mixed assembly), 33
+///   pixels (a last single pixel);
+/// - `c3`, 10 → 6, 3×3: a gathered im2col of 90 values;
+/// - a transpose to 3 × 11, then `dw3`, stride 1, planes as the input: 2 quads, a pair and a
+///   single per row.
+#[test]
+fn every_assembly_path_of_the_kernels_is_bit_exact_on_the_boards() {
+    use candle_core::{Device, Tensor};
+    let ws = Workspace::new();
+    ws.write(
+        "devices/profiles.yaml",
+        &std::fs::read_to_string(Path::new(REPO).join("devices/profiles.yaml")).unwrap(),
+    );
+    ws.write(
+        "model.yaml",
+        r#"name: paths
+input_shape: [3, 21, 6]
+weights:
+  stem.weight: [8, 3, 3, 3]
+  stem.bias: [8]
+  dw1.weight: [8, 1, 3, 3]
+  dw1.bias: [8]
+  pw1.weight: [12, 8, 1, 1]
+  pw1.bias: [12]
+  dw2.weight: [12, 1, 3, 3]
+  dw2.bias: [12]
+  pw2.weight: [10, 12, 1, 1]
+  pw2.bias: [10]
+  c3.weight: [6, 10, 3, 3]
+  c3.bias: [6]
+  dw3.weight: [6, 1, 3, 3]
+  dw3.bias: [6]
+nodes:
+  - {op: Conv, name: stem, inputs: [input, stem.weight, stem.bias], outputs: [a], kernel_shape: [3, 3], pads: [1, 1, 1, 1]}
+  - {op: Relu, name: r0, inputs: [a], outputs: [b]}
+  - {op: Conv, name: dw1, inputs: [b, dw1.weight, dw1.bias], outputs: [c], kernel_shape: [3, 3], pads: [1, 1, 1, 1], group: 8}
+  - {op: Relu, name: r1, inputs: [c], outputs: [d]}
+  - {op: Conv, name: pw1, inputs: [d, pw1.weight, pw1.bias], outputs: [e], kernel_shape: [1, 1]}
+  - {op: Relu, name: r2, inputs: [e], outputs: [f]}
+  - {op: Conv, name: dw2, inputs: [f, dw2.weight, dw2.bias], outputs: [g], kernel_shape: [3, 3], pads: [1, 1, 1, 1], strides: [2, 2], group: 12}
+  - {op: Relu, name: r3, inputs: [g], outputs: [h]}
+  - {op: Conv, name: pw2, inputs: [h, pw2.weight, pw2.bias], outputs: [i], kernel_shape: [1, 1]}
+  - {op: Relu, name: r4, inputs: [i], outputs: [j]}
+  - {op: Conv, name: c3, inputs: [j, c3.weight, c3.bias], outputs: [k], kernel_shape: [3, 3], pads: [1, 1, 1, 1]}
+  - {op: Relu, name: r5, inputs: [k], outputs: [l]}
+  - {op: Transpose, name: t, inputs: [l], outputs: [m], perm: [0, 1, 3, 2]}
+  - {op: Conv, name: dw3, inputs: [m, dw3.weight, dw3.bias], outputs: [n], kernel_shape: [3, 3], pads: [1, 1, 1, 1], group: 6}
+  - {op: Flatten, name: flat, inputs: [n], outputs: [out]}
+"#,
+    );
+    // deterministic weights of about unit gain; dw2's channel 5 and pw2's channel 3 tiny
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    let mut tensors = std::collections::HashMap::new();
+    for (name, shape, tiny) in [
+        ("stem", vec![8, 3, 3, 3], None),
+        ("dw1", vec![8, 1, 3, 3], None),
+        ("pw1", vec![12, 8, 1, 1], None),
+        ("dw2", vec![12, 1, 3, 3], Some(5)),
+        ("pw2", vec![10, 12, 1, 1], Some(3)),
+        ("c3", vec![6, 10, 3, 3], None),
+        ("dw3", vec![6, 1, 3, 3], None),
+    ] {
+        let per: usize = shape[1..].iter().product();
+        let gain = 3.0 / (per as f32).sqrt();
+        let w: Vec<f32> = (0..shape[0] * per)
+            .map(|i| next() * gain * if Some(i / per) == tiny { 1e-6 } else { 1.0 })
+            .collect();
+        let b: Vec<f32> = (0..shape[0])
+            .map(|o| {
+                if Some(o) == tiny {
+                    0.0
+                } else {
+                    0.1 + 0.2 * next()
+                }
+            })
+            .collect();
+        let out = shape[0];
+        tensors.insert(
+            format!("{name}.weight"),
+            Tensor::from_vec(w, shape, &Device::Cpu).unwrap(),
+        );
+        tensors.insert(
+            format!("{name}.bias"),
+            Tensor::from_vec(b, out, &Device::Cpu).unwrap(),
+        );
+    }
+    candle_core::safetensors::save(&tensors, ws.file("model.safetensors")).unwrap();
+    let pipeline = |profile: &str| {
+        format!(
+            r#"version: 1
+stages:
+  calibration:
+    op: dataset
+    inputs: {{weights: model.safetensors, architecture: model.yaml}}
+    outputs: {{data: out/calibration.npz}}
+    params: {{samples: 64, seed: 1, distribution: smooth, range: [0.0, 1.0]}}
+  heldout:
+    op: dataset
+    inputs: {{weights: model.safetensors, architecture: model.yaml}}
+    outputs: {{data: out/heldout.npz}}
+    params: {{samples: 24, seed: 2, distribution: smooth, range: [0.0, 1.0]}}
+  calibrate:
+    op: calibrate
+    inputs: {{weights: model.safetensors, architecture: model.yaml, calibration: out/calibration.npz}}
+    outputs: {{ranges: out/ranges.json}}
+    params: {{method: min_max}}
+  int8:
+    op: int8
+    inputs: {{weights: model.safetensors, architecture: model.yaml, ranges: out/ranges.json}}
+    outputs: {{model: out/model.int8.safetensors, onnx: out/model.qdq.onnx, tflite: out/model.tflite}}
+  runtime:
+    op: runtime
+    inputs: {{model: out/model.int8.safetensors, data: out/heldout.npz}}
+    outputs: {{sources: out/runtime, report: out/runtime.json}}
+  firmware:
+    op: firmware
+    inputs: {{sources: out/runtime, model: out/model.int8.safetensors, data: out/heldout.npz, profiles: devices/profiles.yaml}}
+    outputs: {{elf: out/firmware.elf, device: out/device.json}}
+    params: {{profile: {profile}}}
+"#
+        )
+    };
+    let profiles = ws.read("devices/profiles.yaml");
+    let m7 = profiles
+        .split("\n  cortex-a72:")
+        .next()
+        .unwrap()
+        .split("\n  cortex-m7:")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    ws.write(
+        "devices/profiles.yaml",
+        &profiles.replacen(
+            "\nprofiles:",
+            &format!(
+                "\nprofiles:\n  m4-test:{}\n  m55-test:{}",
+                m7.replace("board: mps2-an500", "board: mps2-an386"),
+                m7.replace("board: mps2-an500", "board: mps3-an547")
+            ),
+            1,
+        ),
+    );
+    let mut hashes = Vec::new();
+    for (profile, board) in [
+        ("cortex-m7", "mps2-an500"),
+        ("m4-test", "mps2-an386"),
+        ("m55-test", "mps3-an547"),
+    ] {
+        ws.pipeline("paths", &pipeline(profile));
+        ws.build(&["paths"], 0);
+        let runtime = json(&ws, "out/runtime.json");
+        assert_eq!(runtime["host"]["mismatches"], 0, "{runtime}");
+        let device = json(&ws, "out/device.json");
+        assert_eq!(device["board"], board);
+        assert_eq!(device["samples"], 24, "{device}");
+        assert_eq!(device["mismatches"], 0, "{board}: {device}");
+        assert_eq!(device["output_sha256"], device["host_sha256"]);
+        hashes.push(device["output_sha256"].clone());
+        // the profile names the model's nodes, the depthwise and conv kernels among them
+        let ops: Vec<&str> = device["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["op"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ops.iter().filter(|&&o| o == "depthwise").count(),
+            3,
+            "{ops:?}"
+        );
+        assert_eq!(ops.iter().filter(|&&o| o == "conv").count(), 4, "{ops:?}");
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+}

@@ -6,22 +6,28 @@
  *  - portable: the int8 arithmetic's formulas, literally (loops over valid taps,
  *    eb_requantize per output);
  *  - scratch (every build; DSP intrinsics, native or emulated): CMSIS-NN-style.
- *    Conv: im2col of two output pixels into int16 (x - zp, padding 0) in the
- *    "pair layout" described below, then a 2x2 (2 channels x 2 pixels) SMLAD
- *    block kernel; 1x1 stride-1 convs skip im2col (the column is the pixel).
+ *    Conv: im2col of output pixels into int16 (x - zp, padding 0) in the quad
+ *    layouts described below; 1x1 stride-1 convs skip im2col (the column is
+ *    the pixel).  With the Arm assembly, four pixels at a time run against
+ *    one weight row at a time (eb_mm1x4_*_asm), and a 3-channel 3x3 window
+ *    inside the input is read as words; the pixels left over, and every
+ *    pixel on other builds, go two at a time through a 2x2 (2 channels x 2
+ *    pixels) SMLAD block.
  *    Depthwise: up to 4 channels are spread into zero-point-padded int16
- *    planes, then each channel is convolved with its weights in registers
- *    (SMLAD on tap pairs, two outputs sharing their loads).
+ *    planes, laid out as the input or transposed (eb_dwgeo), then each
+ *    channel is convolved with its weights in registers (SMLAD on tap pairs;
+ *    four outputs share their loads in the assembly, two in C).
  *    Requantization uses the exact closed forms of eb_internal.h (fast and
  *    folded) for the channels that allow them, else the int8 arithmetic code.
  *    With GCC (-O1 and up) on Arm the innermost loops are inline assembly
  *    (they need all 14 allocatable registers); elsewhere the same algorithm
- *    runs as C with intrinsics.  Both are covered by the tests.
+ *    runs as C with intrinsics.  The tests run both: the host path against
+ *    the reference kernels, the assembly on the emulated boards.
  *
  * Scratch layout (scratch path; the portable path needs none but the size
  * functions report the same number on every build so that a plan made on the
  * host is valid on any target):
- *  conv:      [rq table: out_c x 24 B][int8 gather: K B][2 columns: (2K + 8) x int16]
+ *  conv:      [rq table: out_c x 24 B][int8 gather: K B][4 columns: (4K + 16) x int16]
  *             [last weight row, zero-padded to a multiple of 4]
  *  depthwise: [rq table: out_c x 24 B][4 planes: Hp x Wp x int16 each]
  *  fc:        [rq table: out x 24 B][col: in_features x int16]
@@ -233,8 +239,9 @@ EB_INLINE int8_t eb_outq_apply(const eb_outq *o, int32_t acc, int32_t c)
  * a quad the order is (x0, x2, x1, x3): that is what SXTB16 and SXTB16-ROR8
  * of a weight word pair with, so one weight word costs two SXTB16 and feeds
  * two SMLAD per column.  In the two-column ("pair") layout the quads of the
- * two columns alternate (col0 quad j at 8j, col1 quad j at 8j + 4); the
- * one-column layout has quad j at 4j. */
+ * two columns alternate (col0 quad j at 8j, col1 quad j at 8j + 4); in the
+ * four-column layout quad j of column i is at 16j + 4i; the one-column
+ * layout has quad j at 4j. */
 
 /* Within-quad position of element t (0..3) of a quad. */
 static const int8_t eb_qperm[4] = {0, 2, 1, 3};
@@ -308,6 +315,36 @@ static int8_t *eb_gather_row(const eb_conv_params *p, const int8_t *row, int32_t
     return g;
 }
 
+/* im2col of a 3x3 window on 3 channels (an RGB stem) that lies inside the
+ * input: its 27 bytes are 3 runs of 9 at r0, r0 + rstep, r0 + 2 rstep.
+ * Quads 2 and 4 straddle two runs and quad 6 ends with the zero point; the
+ * words are read inside the input (row 1's byte -1 and bytes 9..10 belong to
+ * the pixels beside the window, or to the row below), then widened. */
+#if defined(EB_ARM_ASM) && defined(__GNUC__) && !defined(__clang__) && defined(__OPTIMIZE__)
+/* (Only the four-pixel assembly path reads windows this way.) */
+#define EB_RGB_QUAD(V)                                                     \
+    do {                                                                   \
+        const int32_t v_ = (V);                                            \
+        eb_write32(quads, eb_sadd16(eb_sxtb16(v_), off2));                 \
+        eb_write32(quads + 2, eb_sadd16(eb_sxtb16_ror8(v_), off2));        \
+        quads += qstride;                                                  \
+    } while (0)
+EB_INLINE void eb_im2col_rgb3x3(const int8_t *r0, size_t rstep, int32_t zp, int32_t off2,
+                                int16_t *quads, int32_t qstride)
+{
+    const int8_t *r1 = r0 + rstep, *r2 = r1 + rstep;
+    EB_RGB_QUAD(eb_read32(r0));
+    EB_RGB_QUAD(eb_read32(r0 + 4));
+    EB_RGB_QUAD((int32_t)(((uint32_t)eb_read32(r1 - 1) & 0xFFFFFF00u) | (uint8_t)r0[8]));
+    EB_RGB_QUAD(eb_read32(r1 + 3));
+    EB_RGB_QUAD(eb_pack_lo(eb_read32(r1 + 7), eb_read32(r2)));
+    EB_RGB_QUAD(eb_read32(r2 + 2));
+    EB_RGB_QUAD((int32_t)((uint32_t)(uint8_t)r2[6] | ((uint32_t)(uint8_t)r2[7] << 8) |
+                          ((uint32_t)(uint8_t)r2[8] << 16) | ((uint32_t)(uint8_t)zp << 24)));
+}
+#undef EB_RGB_QUAD
+#endif
+
 /* im2col of output pixel (oy, ox) into ceil(K/4) quads.
  *  - k_w * in_c % 4 == 0 and dilation_w 1 (pointwise, in_c % 4 == 0 convs,
  *    DS-CNN's 10x4 kernel on 1 channel): every kernel row is whole quads and
@@ -366,7 +403,8 @@ static void eb_im2col(const eb_conv_params *p, const int8_t *in, int32_t oy,
         const int32_t K = p->k_h * run;
         const int inside = p->dil_w == 1 && x0 >= 0 && x0 + kw <= p->in_w;
         int8_t *g = g8;
-        if (inside && y0 >= 0 && y0 + (p->k_h - 1) * p->dil_h < p->in_h) {
+        const int all_inside = inside && y0 >= 0 && y0 + (p->k_h - 1) * p->dil_h < p->in_h;
+        if (all_inside) {
             /* the whole window inside (a first layer's 3-channel 3x3 at
              * almost every pixel): k_h runs of contiguous bytes */
             const int8_t *s = in + (size_t)y0 * row_bytes + (size_t)x0 * cin;
@@ -624,9 +662,8 @@ static void eb_mm2x2_folded_asm(eb_mmk *k)
         "3:\n\t"
         "pop    {%[c]}\n\t"
         "ldr    %[t0], [%[c], #24]\n\t"
-        "ldr    %[x0], [%[t0]]\n\t"
-        "ldr    %[x1], [%[t0], #16]\n\t"
-        "ldr    %[y0], [%[t0], #12]\n\t"
+        "ldrd   %[x0], %[x1], [%[t0]]\n\t"
+        "ldr    %[y0], [%[t0], #8]\n\t"
         "and    %[t1], %[a00], #0x80000000\n\t"
         "sub    %[y1], %[x1], %[t1], lsr #31\n\t"
         "orr    %[t1], %[t1], #0x40000000\n\t"
@@ -639,9 +676,8 @@ static void eb_mm2x2_folded_asm(eb_mmk *k)
         "smlal  %[t1], %[y1], %[a10], %[x0]\n\t"
         "asr    %[y1], %[y1], %[y0]\n\t"
         "ssat   %[a10], #8, %[y1]\n\t"
-        "ldr    %[x0], [%[t0], #24]\n\t"
-        "ldr    %[x1], [%[t0], #40]\n\t"
-        "ldr    %[y0], [%[t0], #36]\n\t"
+        "ldrd   %[x0], %[x1], [%[t0], #24]\n\t"
+        "ldr    %[y0], [%[t0], #32]\n\t"
         "add    %[t0], %[t0], #48\n\t"
         "str    %[t0], [%[c], #24]\n\t"
         "and    %[t1], %[a01], #0x80000000\n\t"
@@ -843,8 +879,8 @@ static void eb_mm_1col(const int8_t *w, int32_t K, int32_t rows,
 typedef struct {
     const int16_t *pc;      /*  0: the four columns (quad layout)           */
     const eb_rq_channel *q; /*  4: &tab[r]; .bias holds bias[r]              */
-    int32_t n;              /*  8: quads per column, rounded up to even      */
-    int32_t odd;            /* 12: quads per column is odd                   */
+    int32_t n;              /*  8: quads after the first, rounded up to even */
+    int32_t odd;            /* 12: entry: 0 an even number of them, 1 odd, 2 none */
     int8_t *o;              /* 16: &out[pixel 0][r]                          */
     int32_t ostep;          /* 20: bytes from one pixel's output to the next */
     int32_t wcorr;          /* 24: K - 4 * quads (0 when K % 4 == 0)         */
@@ -878,7 +914,7 @@ typedef struct {
 /* The fast form (eb_rq_fast, then + zp) of A, for a row whose channel has
  * no folded form (h2 == 0): M in x0, the shift in x2, zp in n. */
 #define EB_MM4_RQF(A)                                                      \
-    "ldrd   %[t1], %[x3], [%[t0], #4]\n\t"                                  \
+    "ldrd   %[t1], %[x3], [%[t0], #16]\n\t"                                  \
     "smlal  %[t1], %[x3], %[" A "], %[x0]\n\t"                             \
     "and    %[x1], %[" A "], #0x80000000\n\t"                              \
     "adds   %[t1], %[t1], %[x1]\n\t"                                       \
@@ -893,70 +929,101 @@ typedef struct {
  * channel's constants: the folded form, or the fast form for a channel
  * that has no folded one (exponent above 24).  The LDM needs ascending registers: the
  * column words are pinned to r8-r11. */
+/* The first quad of a row: the bias, in a3, is the addend of all four
+ * accumulators (a3's own update comes last). */
+#define EB_MM4_QUAD1                                                       \
+    "ldr    %[t0], [%[w]], #4\n\t"                                         \
+    "sxtb16 %[t1], %[t0], ror #8\n\t"                                      \
+    "sxtb16 %[t0], %[t0]\n\t"                                              \
+    "ldmia  %[pc]!, {%[x0], %[x1], %[x2], %[x3]}\n\t"                      \
+    "smlad  %[a0], %[t0], %[x0], %[a3]\n\t"                                \
+    "smlad  %[a0], %[t1], %[x1], %[a0]\n\t"                                \
+    "smlad  %[a1], %[t0], %[x2], %[a3]\n\t"                                \
+    "smlad  %[a1], %[t1], %[x3], %[a1]\n\t"                                \
+    "ldmia  %[pc]!, {%[x0], %[x1], %[x2], %[x3]}\n\t"                      \
+    "smlad  %[a2], %[t0], %[x0], %[a3]\n\t"                                \
+    "smlad  %[a2], %[t1], %[x1], %[a2]\n\t"                                \
+    "smlad  %[a3], %[t0], %[x2], %[a3]\n\t"                                \
+    "smlad  %[a3], %[t1], %[x3], %[a3]\n\t"
+/* A row: the first quad, the others two at a time (entry 0: an even number
+ * left, 1: odd, 2: none), then the channel's constants. */
+#define EB_MM4_ROW                                                         \
+    "0:\n\t"                                                               \
+    "ldrd   %[pc], %[t0], [%[c]]\n\t"                                      \
+    "ldr    %[a3], [%[t0], #12]\n\t"                                       \
+    EB_MM4_QUAD1                                                           \
+    "ldrd   %[n], %[t1], [%[c], #8]\n\t"                                   \
+    "cmp    %[t1], #1\n\t"                                                 \
+    "beq    1f\n\t"                                                        \
+    "bhi    3f\n\t"                                                        \
+    "2:\n\t"                                                               \
+    EB_MM4_QUAD                                                            \
+    "1:\n\t"                                                               \
+    EB_MM4_QUAD                                                            \
+    "subs   %[n], %[n], #2\n\t"                                            \
+    "bne    2b\n\t"                                                        \
+    "3:\n\t"                                                               \
+    "ldr    %[t0], [%[c], #4]\n\t"                                         \
+    "ldmia  %[t0], {%[x0], %[x1], %[x2]}\n\t"
+/* The stores of a row's 4 outputs and the step to the next row. */
+#define EB_MM4_NEXT                                                        \
+    "add    %[t0], %[t0], #24\n\t"                                         \
+    "str    %[t0], [%[c], #4]\n\t"                                         \
+    "ldrd   %[t0], %[t1], [%[c], #16]\n\t"                                 \
+    "strb   %[a0], [%[t0]]\n\t"                                            \
+    "strb   %[a1], [%[t0], %[t1]]\n\t"                                     \
+    "add    %[x0], %[t0], %[t1], lsl #1\n\t"                               \
+    "strb   %[a2], [%[x0]]\n\t"                                            \
+    "strb   %[a3], [%[x0], %[t1]]\n\t"                                     \
+    "add    %[t0], %[t0], #1\n\t"                                          \
+    "str    %[t0], [%[c], #16]\n\t"                                        \
+    "ldrd   %[t0], %[t1], [%[c], #24]\n\t"                                 \
+    "add    %[w], %[w], %[t0]\n\t"                                         \
+    "subs   %[t1], %[t1], #1\n\t"                                          \
+    "str    %[t1], [%[c], #28]\n\t"                                        \
+    "bne    0b\n\t"
+#define EB_MM4_OPERANDS                                                    \
+    : [w] "+r"(w), [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), \
+      [t0] "=&r"(t0), [t1] "=&r"(t1), [n] "=&r"(n), [pc] "=&r"(pc), [x0] "=&r"(x0), \
+      [x1] "=&r"(x1), [x2] "=&r"(x2), [x3] "=&r"(x3)                      \
+    : [c] "r"(c)                                                           \
+    : "cc", "memory"
+#define EB_MM4_LOCALS                                                      \
+    register int32_t x0 __asm__("r8");                                     \
+    register int32_t x1 __asm__("r9");                                     \
+    register int32_t x2 __asm__("r10");                                    \
+    register int32_t x3 __asm__("r11");                                    \
+    int32_t a0, a1, a2, a3, t0, t1, n;                                     \
+    const int16_t *pc
+
+/* All rows of eb_mm_4col, every channel folded. */
 static void eb_mm1x4_folded_asm(const int8_t *w, eb_mm4k *c)
 {
-    register int32_t x0 __asm__("r8");
-    register int32_t x1 __asm__("r9");
-    register int32_t x2 __asm__("r10");
-    register int32_t x3 __asm__("r11");
-    int32_t a0, a1, a2, a3, t0, t1, n;
-    const int16_t *pc;
-    __asm__ volatile(
-        "0:\n\t"
-        "ldrd   %[pc], %[t0], [%[c]]\n\t"
-        "ldr    %[a0], [%[t0], #20]\n\t"
-        "mov    %[a1], %[a0]\n\t"
-        "mov    %[a2], %[a0]\n\t"
-        "mov    %[a3], %[a0]\n\t"
-        "ldrd   %[n], %[t1], [%[c], #8]\n\t"
-        "cmp    %[t1], #0\n\t"
-        "bne    1f\n\t"
-        "2:\n\t"
-        EB_MM4_QUAD
-        "1:\n\t"
-        EB_MM4_QUAD
-        "subs   %[n], %[n], #2\n\t"
-        "bne    2b\n\t"
-        "ldr    %[t0], [%[c], #4]\n\t"
-        "ldr    %[x0], [%[t0]]\n\t"
-        "ldr    %[x1], [%[t0], #16]\n\t"
-        "ldr    %[x2], [%[t0], #12]\n\t"
-        "cmp    %[x1], #0\n\t"
-        "beq    5f\n\t"
-        EB_MM4_RQ("a0")
-        EB_MM4_RQ("a1")
-        EB_MM4_RQ("a2")
-        EB_MM4_RQ("a3")
-        "6:\n\t"
-        "add    %[t0], %[t0], #24\n\t"
-        "str    %[t0], [%[c], #4]\n\t"
-        "ldrd   %[t0], %[t1], [%[c], #16]\n\t"
-        "strb   %[a0], [%[t0]]\n\t"
-        "strb   %[a1], [%[t0], %[t1]]\n\t"
-        "add    %[x0], %[t0], %[t1], lsl #1\n\t"
-        "strb   %[a2], [%[x0]]\n\t"
-        "strb   %[a3], [%[x0], %[t1]]\n\t"
-        "add    %[t0], %[t0], #1\n\t"
-        "str    %[t0], [%[c], #16]\n\t"
-        "ldrd   %[t0], %[t1], [%[c], #24]\n\t"
-        "add    %[w], %[w], %[t0]\n\t"
-        "subs   %[t1], %[t1], #1\n\t"
-        "str    %[t1], [%[c], #28]\n\t"
-        "bne    0b\n\t"
-        "b      7f\n\t"
-        "5:\n\t"
-        "ldr    %[n], [%[c], #32]\n\t"
-        EB_MM4_RQF("a0")
-        EB_MM4_RQF("a1")
-        EB_MM4_RQF("a2")
-        EB_MM4_RQF("a3")
-        "b      6b\n\t"
-        "7:\n\t"
-        : [w] "+r"(w), [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3),
-          [t0] "=&r"(t0), [t1] "=&r"(t1), [n] "=&r"(n), [pc] "=&r"(pc), [x0] "=&r"(x0),
-          [x1] "=&r"(x1), [x2] "=&r"(x2), [x3] "=&r"(x3)
-        : [c] "r"(c)
-        : "cc", "memory");
+    EB_MM4_LOCALS;
+    __asm__ volatile(EB_MM4_ROW
+                     EB_MM4_RQ("a0") EB_MM4_RQ("a1") EB_MM4_RQ("a2") EB_MM4_RQ("a3")
+                     EB_MM4_NEXT
+                     EB_MM4_OPERANDS);
+}
+
+/* The same where some channel has no folded form (h2 == 0): its rows take
+ * the fast form. */
+static void eb_mm1x4_mixed_asm(const int8_t *w, eb_mm4k *c)
+{
+    EB_MM4_LOCALS;
+    __asm__ volatile(EB_MM4_ROW
+                     "cmp    %[x1], #0\n\t"
+                     "beq    5f\n\t"
+                     EB_MM4_RQ("a0") EB_MM4_RQ("a1") EB_MM4_RQ("a2") EB_MM4_RQ("a3")
+                     "6:\n\t"
+                     EB_MM4_NEXT
+                     "b      7f\n\t"
+                     "5:\n\t"
+                     "ldr    %[n], [%[c], #32]\n\t"
+                     EB_MM4_RQF("a0") EB_MM4_RQF("a1") EB_MM4_RQF("a2") EB_MM4_RQF("a3")
+                     "b      6b\n\t"
+                     "7:\n\t"
+                     EB_MM4_OPERANDS);
 }
 
 /* out[i * ostep + r] = requant(bias[r] + w[r] . col_i), i < 4, r < rows,
@@ -971,20 +1038,20 @@ static void eb_mm_4col(const int8_t *w, int32_t K, int32_t rows, const int16_t *
     eb_mm4k k;
     k.pc = pc;
     k.q = oq->tab;
-    k.n = (nq + 1) & ~1;
-    k.odd = nq & 1;
+    k.n = nq & ~1;
+    k.odd = nq == 1 ? 2 : !(nq & 1);
     k.o = out;
     k.ostep = ostep;
     k.wcorr = K - 4 * nq;
     k.rows = (K & 3) ? rows - 1 : rows;
     k.zp = oq->zp;
     if (k.rows > 0) {
-        eb_mm1x4_folded_asm(w, &k);
+        (oq->folded ? eb_mm1x4_folded_asm : eb_mm1x4_mixed_asm)(w, &k);
     }
     if (K & 3) {
         k.wcorr = 0;
         k.rows = 1;
-        eb_mm1x4_folded_asm(wlast, &k);
+        (oq->folded ? eb_mm1x4_folded_asm : eb_mm1x4_mixed_asm)(wlast, &k);
     }
 }
 #define EB_MM4_ASM 1
@@ -1028,6 +1095,9 @@ static void eb_conv2d_dsp(const eb_conv_params *p, const eb_requant *rq,
 #if defined(EB_MM4_ASM)
     if (oq.fast && oq.full) {
         /* four pixels at a time, all rows in one assembly loop */
+        const int rgb = p->in_c == 3 && p->k_h == 3 && p->k_w == 3 && p->dil_h == 1 &&
+                        p->dil_w == 1;
+        const int32_t off2 = eb_off2(p->in_zp);
         for (i = 0; i < p->out_c; ++i) {
             tab[i].bias = bias ? bias[i] : 0;
         }
@@ -1038,7 +1108,14 @@ static void eb_conv2d_dsp(const eb_conv_params *p, const eb_requant *rq,
                     eb_widen_vec(in + (size_t)(pix + j) * K, K, p->in_zp, cols + 4 * j, 16);
                 } else {
                     const int32_t oy = (pix + j) / p->out_w, ox = (pix + j) - oy * p->out_w;
-                    eb_im2col(p, in, oy, ox, cols + 4 * j, 16, g8);
+                    const int32_t y0 = oy * p->stride_h - p->pad_top;
+                    const int32_t x0 = ox * p->stride_w - p->pad_left;
+                    if (rgb && y0 >= 0 && y0 + 3 <= p->in_h && x0 >= 0 && x0 + 3 <= p->in_w) {
+                        eb_im2col_rgb3x3(in + ((size_t)y0 * p->in_w + (size_t)x0) * 3,
+                                         (size_t)p->in_w * 3, p->in_zp, off2, cols + 4 * j, 16);
+                    } else {
+                        eb_im2col(p, in, oy, ox, cols + 4 * j, 16, g8);
+                    }
                 }
             }
             eb_mm_4col(w, K, p->out_c, cols, &oq, wlast, out + (size_t)pix * p->out_c,
@@ -1200,9 +1277,9 @@ EB_NOINLINE static void eb_dw_fill_planes(const eb_dwgeo *gm, int32_t in_zp,
     }
 }
 
-#if defined(EB_ARM_ASM) && defined(__GNUC__) && !defined(__clang__) && defined(__OPTIMIZE__)
 /* State of one depthwise channel for the assembly plane loop (the asm uses
- * the byte offsets in the comments: keep the order). */
+ * the byte offsets in the comments: keep the order).  eb_dw_dsp sets the
+ * layer's fields once, eb_dw3x3_channel the channel's. */
 typedef struct {
     int32_t init;          /*  0: bias - zp_in * sum(w)                     */
     int32_t init2;         /*  4: the same (one LDRD loads two accs)        */
@@ -1214,13 +1291,15 @@ typedef struct {
     int32_t ostep;         /* 28: output bytes between outputs of a row     */
     int32_t quad_bytes;    /* 32: plane bytes of the row's quads            */
     const int16_t *end;    /* 36: end of the quads of the current row       */
-    const int16_t *row;    /* 40: plane position of the current row         */
-    int32_t row_adv;       /* 44: plane bytes from one output row to the next */
-    int8_t *orow;          /* 48: output of the current row                 */
-    int32_t orow_adv;      /* 52: output bytes from one row to the next     */
+    const int16_t *row;    /* 40: plane position of the first row           */
+    int32_t row_adv;       /* 44: plane bytes from a row's last pair to the next row */
+    int8_t *orow;          /* 48: output of the first row                   */
+    int32_t orow_adv;      /* 52: output bytes from a row's last pair to the next row */
     int32_t rows;          /* 56: output rows left (counted down)           */
     int32_t tail;          /* 60: outputs per row % 4                       */
 } eb_dwk;
+
+#if defined(EB_ARM_ASM) && defined(__GNUC__) && !defined(__clang__) && defined(__OPTIMIZE__)
 
 /* One row of taps (weights W, third tap in half H of S) for 4, 2 and 1
  * outputs, stride 1 and 2.  S2's low byte holds the requantization shift. */
@@ -1291,11 +1370,14 @@ typedef struct {
     "asr    %[" HI "], %[" HI "], %[S2]\n\t"                               \
     "ssat   %[" C "], #8, %[" HI "]\n\t"
 
-/* The whole plane: each row as quads, then a pair, then a single output. */
+/* The whole plane: each row as quads, then a pair, then a single output
+ * (the tail's two bits, read once into C and N: no instruction in the pair
+ * sets the flags), then the step to the next row from where the last pair
+ * left a and o. */
 #define EB_DW_PLANE(ROW4, ROW2, QUAD_STEP, PAIR_STEP)                      \
-    "0:\n\t"                                                               \
     "ldr    %[a], [%[k], #40]\n\t"                                         \
     "ldr    %[o], [%[k], #48]\n\t"                                         \
+    "0:\n\t"                                                               \
     "ldr    %[t], [%[k], #32]\n\t"                                         \
     "add    %[t], %[a], %[t]\n\t"                                          \
     "str    %[t], [%[k], #36]\n\t"                                         \
@@ -1325,8 +1407,8 @@ typedef struct {
     "bne    1b\n\t"                                                        \
     "2:\n\t"                                                               \
     "ldr    %[t], [%[k], #60]\n\t"                                         \
-    "tst    %[t], #2\n\t"                                                  \
-    "beq    3f\n\t"                                                        \
+    "lsls   %[t], %[t], #31\n\t"                                           \
+    "bcc    3f\n\t"                                                        \
     "ldrd   %[c0], %[c1], [%[k]]\n\t"                                      \
     EB_DW_ROWS(ROW2)                                                       \
     "add    %[a], %[a], #" PAIR_STEP "\n\t"                                \
@@ -1339,23 +1421,17 @@ typedef struct {
     "strb   %[c1], [%[o], %[t]]\n\t"                                       \
     "add    %[o], %[o], %[t], lsl #1\n\t"                                  \
     "3:\n\t"                                                               \
-    "ldr    %[t], [%[k], #60]\n\t"                                         \
-    "tst    %[t], #1\n\t"                                                  \
-    "beq    4f\n\t"                                                        \
+    "bpl    4f\n\t"                                                        \
     "ldr    %[c0], [%[k]]\n\t"                                             \
     EB_DW_ROWS(EB_DW1_ROW)                                                 \
     "ldrd   %[c2], %[c3], [%[k], #8]\n\t"                                  \
     EB_DW_RQ("c0", "c2", "c3", "c3")                                       \
     "strb   %[c0], [%[o]]\n\t"                                             \
     "4:\n\t"                                                               \
-    "ldr    %[t], [%[k], #40]\n\t"                                         \
-    "ldr    %[c0], [%[k], #44]\n\t"                                        \
-    "add    %[t], %[t], %[c0]\n\t"                                         \
-    "str    %[t], [%[k], #40]\n\t"                                         \
-    "ldr    %[t], [%[k], #48]\n\t"                                         \
+    "ldr    %[t], [%[k], #44]\n\t"                                         \
     "ldr    %[c0], [%[k], #52]\n\t"                                        \
-    "add    %[t], %[t], %[c0]\n\t"                                         \
-    "str    %[t], [%[k], #48]\n\t"                                         \
+    "add    %[a], %[a], %[t]\n\t"                                          \
+    "add    %[o], %[o], %[c0]\n\t"                                         \
     "ldr    %[t], [%[k], #56]\n\t"                                         \
     "subs   %[t], %[t], #1\n\t"                                            \
     "str    %[t], [%[k], #56]\n\t"                                         \
@@ -1403,7 +1479,7 @@ static void eb_dw3x3_plane_s2(int32_t wpb, eb_dwk *k, int32_t W0, int32_t W1,
 static void eb_dw3x3_channel(const eb_conv_params *p, const eb_dwgeo *gm,
                              const int8_t *w, const int32_t *bias, int32_t c,
                              const eb_rq_channel *qc, const eb_outq *oq,
-                             const int16_t *pl, int8_t *out)
+                             const int16_t *pl, int8_t *out, eb_dwk *k)
 {
     const int32_t cout = p->out_c;
     const int8_t *wc = w + c;
@@ -1429,31 +1505,26 @@ static void eb_dw3x3_channel(const eb_conv_params *p, const eb_dwgeo *gm,
     eb_rq2_const q2;
     const int32_t qi = oq->rq->n == 1 ? 0 : c;
     if (oq->full && eb_rq2_make(oq->rq->mult[qi], oq->rq->shift[qi], zp, &q2)) {
-        eb_dwk k;
-        k.init = init;
-        k.init2 = init;
-        k.mult = q2.mult;
-        k.h = q2.h;
-        k.w0 = W0;
-        k.w1 = W1;
-        k.w2 = W2;
-        k.ostep = gm->ostep;
-        k.quad_bytes = 8 * sw * (gm->len >> 2);
-        k.end = pl;
-        k.row = pl;
-        k.row_adv = gm->sr * wp * 2;
-        k.orow = out + c;
-        k.orow_adv = gm->orow;
-        k.rows = gm->rows;
-        k.tail = gm->len & 3;
+        k->init = init;
+        k->init2 = init;
+        k->mult = q2.mult;
+        k->h = q2.h;
+        k->w0 = W0;
+        k->w1 = W1;
+        k->w2 = W2;
+        k->row = pl;
+        k->orow = out + c;
+        k->rows = gm->rows;
         /* w22 in the high half, the shift in the low byte (ASR reads it) */
         if (sw == 1) {
-            eb_dw3x3_plane_s1(wp * 2, &k, W0, W1, W2, S01, eb_pack_lo(q2.sh, w22));
+            eb_dw3x3_plane_s1(wp * 2, k, W0, W1, W2, S01, eb_pack_lo(q2.sh, w22));
         } else {
-            eb_dw3x3_plane_s2(wp * 2, &k, W0, W1, W2, S01, eb_pack_lo(q2.sh, w22));
+            eb_dw3x3_plane_s2(wp * 2, k, W0, W1, W2, S01, eb_pack_lo(q2.sh, w22));
         }
         return;
     }
+#else
+    (void)k;
 #endif
     for (oy = 0; oy < gm->rows; ++oy) {
         const int16_t *a = pl + (size_t)oy * gm->sr * wp;
@@ -1544,6 +1615,7 @@ static void eb_dw_dsp(const eb_conv_params *p, const eb_requant *rq,
     int16_t *planes = (int16_t *)(void *)((uint8_t *)scratch + eb_rq_table_bytes(p->out_c));
     eb_outq oq;
     eb_dwgeo gm;
+    eb_dwk k;
     int32_t ic0, fast3;
     eb_outq_init(&oq, rq, p->out_c, tab, p->out_zp, p->act_min, p->act_max);
     fast3 = p->k_h == 3 && p->k_w == 3 && p->dil_h == 1 && p->dil_w == 1 && oq.fast &&
@@ -1551,6 +1623,12 @@ static void eb_dw_dsp(const eb_conv_params *p, const eb_requant *rq,
     eb_dw_geometry(p, fast3 && (p->stride_h == 1 || p->stride_h == 2) &&
                           eb_dw3x3_cost(p->out_w, p->out_h) < eb_dw3x3_cost(p->out_h, p->out_w),
                    &gm);
+    memset(&k, 0, sizeof k);
+    k.ostep = gm.ostep;
+    k.quad_bytes = 8 * gm.si * (gm.len >> 2);
+    k.row_adv = 2 * (gm.sr * gm.pw - gm.si * (gm.len & ~1));
+    k.orow_adv = gm.orow - gm.ostep * (gm.len & ~1);
+    k.tail = gm.len & 3;
     for (ic0 = 0; ic0 < p->in_c; ic0 += 4) {
         const int32_t g = EB_MIN(4, p->in_c - ic0);
         int32_t j, m;
@@ -1560,7 +1638,7 @@ static void eb_dw_dsp(const eb_conv_params *p, const eb_requant *rq,
                 const int32_t c = (ic0 + j) * p->depth_mult + m;
                 const int16_t *pl = planes + (size_t)j * pstride;
                 if (fast3) {
-                    eb_dw3x3_channel(p, &gm, w, bias, c, &oq.tab[c], &oq, pl, out);
+                    eb_dw3x3_channel(p, &gm, w, bias, c, &oq.tab[c], &oq, pl, out, &k);
                 } else {
                     eb_dw_channel(p, w, bias, &oq, c, pl, gm.pw, out);
                 }

@@ -204,13 +204,14 @@ EB_INLINE int32_t eb_pack_hi(int32_t a, int32_t b)
 /* e == 0 use the reference eb_mbqm.                                         */
 /* ------------------------------------------------------------------------ */
 typedef struct {
-    int32_t mult;   /* M                                                    */
-    uint32_t b_lo;  /* low word of B = 2^30 + 2^(30+e)                      */
-    int32_t b_hi;   /* high word of B                                       */
-    int32_t sh;     /* e - 1                                                */
-    int32_t h2;     /* folded form (eb_rq2_make): 2^(e-2) + zp_out 2^(e-1)  */
-    int32_t bias;   /* the conv kernels' bias (set by eb_conv2d's DSP path) */
-} eb_rq_channel;    /* 24 bytes; the scratch size functions count on it     */
+    int32_t mult;   /*  0: M                                                */
+    int32_t h2;     /*  4: folded form (eb_rq2_make): 2^(e-2) + zp 2^(e-1)  */
+    int32_t sh;     /*  8: e - 1                                            */
+    int32_t bias;   /* 12: the conv kernels' bias (eb_conv2d's DSP path)    */
+    uint32_t b_lo;  /* 16: low word of B = 2^30 + 2^(30+e)                  */
+    int32_t b_hi;   /* 20: high word of B                                   */
+} eb_rq_channel;    /* 24 bytes; the scratch size functions count on it;   */
+                    /* the assembly kernels use the offsets                 */
 
 /* Fill `n_out` per-channel entries from rq (per tensor if rq->n == 1).
  * Returns 1 if every channel qualifies for the fast form, else 0

@@ -46,36 +46,41 @@ int32_t eb_requantize(int32_t acc, int32_t mult, int32_t shift, int32_t zp,
 int eb_rq_prepare(const eb_requant *rq, int32_t n_out, eb_rq_channel *tab,
                   int32_t zp_out, int *all_folded)
 {
+    const int32_t step = rq->n == 1 ? 0 : 1;
+    const int zp_ok = zp_out >= -128 && zp_out <= 127;
+    const int32_t *mp = rq->mult, *sp = rq->shift;
     int fast = 1, folded = 1;
     int32_t c;
-    for (c = 0; c < n_out; ++c) {
-        const int32_t i = rq->n == 1 ? 0 : c;
-        const int32_t m = rq->mult[i];
-        int32_t s = rq->shift[i];
-        eb_rq2_const q2;
-        tab[c].mult = m;
-        tab[c].bias = 0;
+    for (c = 0; c < n_out; ++c, mp += step, sp += step) {
+        const int32_t m = *mp;
+        int32_t s = *sp;
+        eb_rq_channel *t = &tab[c];
+        t->mult = m;
+        t->bias = 0;
         if (m == 0 && s >= 0) {
             /* a channel whose weights are all zero: MBQM = 0 at every shift, and so are the
              * closed forms with M = 0 at any exponent from 2 up */
             s = -2;
         }
         if (s < 0 && s >= -31 && m >= 0) {
+            /* B = 2^30 + 2^(30+e) as two words; the folded form (eb_rq2_make) for
+             * 2 <= e <= 24 */
             const int32_t e = -s;
-            const uint64_t b = ((uint64_t)1 << 30) + ((uint64_t)1 << (30 + e));
-            tab[c].b_lo = (uint32_t)b;
-            tab[c].b_hi = (int32_t)(b >> 32);
-            tab[c].sh = e - 1;
+            t->b_lo = e == 1 ? 0xC0000000u : 0x40000000u;
+            t->b_hi = e == 1 ? 0 : (int32_t)(1u << (e - 2));
+            t->sh = e - 1;
+            if (e >= 2 && e <= 24 && zp_ok) {
+                t->h2 = (int32_t)((1 << (e - 2)) + zp_out * (1 << (e - 1)));
+            } else {
+                t->h2 = 0;
+                folded = 0;
+            }
         } else {
-            tab[c].b_lo = 0;
-            tab[c].b_hi = 0;
-            tab[c].sh = 0;
+            t->b_lo = 0;
+            t->b_hi = 0;
+            t->sh = 0;
+            t->h2 = 0;
             fast = 0;
-        }
-        if (eb_rq2_make(m, s, zp_out, &q2)) {
-            tab[c].h2 = q2.h;
-        } else {
-            tab[c].h2 = 0;
             folded = 0;
         }
     }
@@ -398,6 +403,21 @@ size_t eb_softmax_scratch_bytes(const eb_softmax_params *p)
     return 0;
 }
 
+/* floor(n / d) for d > 0 and n < 512 d (a quotient of 9 bits): binary long
+ * division, so that the firmware links no 64-bit division routine. */
+static uint32_t eb_div_u9(uint64_t n, uint64_t d)
+{
+    uint32_t q = 0;
+    int b;
+    for (b = 8; b >= 0; --b) {
+        if ((n >> b) >= d) {
+            n -= d << b;
+            q |= 1u << b;
+        }
+    }
+    return q;
+}
+
 int eb_softmax(const eb_softmax_params *p, const uint32_t *table,
                const int8_t *input, int8_t *output)
 {
@@ -423,7 +443,8 @@ int eb_softmax(const eb_softmax_params *p, const uint32_t *table,
         }
         for (i = 0; i < p->cols; ++i) {
             const uint64_t e = table[mx - x[i]];
-            const int64_t q = (int64_t)((e * 256u + sum / 2u) / sum) - 128;
+            /* e <= sum, so the quotient is at most 256 */
+            const int64_t q = (int64_t)eb_div_u9(e * 256u + sum / 2u, sum) - 128;
             o[i] = (int8_t)(q < -128 ? -128 : (q > 127 ? 127 : q));
         }
     }
