@@ -133,9 +133,9 @@ fn the_int8_firmware_is_bit_exact_on_the_board_and_its_figures_are_real() {
     assert_eq!(second.with("up-to-date").len(), 6, "{}", second.0);
 }
 
-#[test]
-fn the_other_boards_give_the_same_outputs() {
-    let ws = digits_int8();
+/// Adds the profiles `m4-test` (QEMU's `mps2-an386`) and `m55-test` (`mps3-an547`): the
+/// Cortex-M7 profile on the other boards.
+fn add_test_boards(ws: &Workspace) {
     let profiles = ws.read("devices/profiles.yaml");
     let m7 = profiles
         .split("\n  cortex-a72:")
@@ -154,6 +154,12 @@ fn the_other_boards_give_the_same_outputs() {
         "devices/profiles.yaml",
         &profiles.replacen("\nprofiles:", &format!("\nprofiles:{extra}"), 1),
     );
+}
+
+#[test]
+fn the_other_boards_give_the_same_outputs() {
+    let ws = digits_int8();
+    add_test_boards(&ws);
     ws.build(&["digits-int8:firmware"], 0);
     let m7_out = json(&ws, "out/digits-int8/device.json");
     for (profile, board, cpu) in [
@@ -486,27 +492,7 @@ stages:
 "#
         )
     };
-    let profiles = ws.read("devices/profiles.yaml");
-    let m7 = profiles
-        .split("\n  cortex-a72:")
-        .next()
-        .unwrap()
-        .split("\n  cortex-m7:")
-        .nth(1)
-        .unwrap()
-        .to_string();
-    ws.write(
-        "devices/profiles.yaml",
-        &profiles.replacen(
-            "\nprofiles:",
-            &format!(
-                "\nprofiles:\n  m4-test:{}\n  m55-test:{}",
-                m7.replace("board: mps2-an500", "board: mps2-an386"),
-                m7.replace("board: mps2-an500", "board: mps3-an547")
-            ),
-            1,
-        ),
-    );
+    add_test_boards(&ws);
     let mut hashes = Vec::new();
     for (profile, board) in [
         ("cortex-m7", "mps2-an500"),

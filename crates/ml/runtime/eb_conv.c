@@ -1165,36 +1165,36 @@ typedef struct {
 static void eb_dw_geometry(const eb_conv_params *p, int transposed, eb_dwgeo *gm)
 {
     gm->transposed = transposed;
-    if (!transposed) {
-        gm->ph = p->in_h + p->pad_top + p->pad_bottom;
-        gm->pw = p->in_w + p->pad_left + p->pad_right;
-        gm->pr0 = p->pad_top;
-        gm->pc0 = p->pad_left;
-        gm->nr = p->in_h;
-        gm->nc = p->in_w;
-        gm->sr = p->stride_h;
-        gm->si = p->stride_w;
-        gm->rows = p->out_h;
-        gm->len = p->out_w;
-        gm->src_row = p->in_w * p->in_c;
-        gm->src_col = p->in_c;
-        gm->ostep = p->out_c;
-        gm->orow = p->out_w * p->out_c;
-    } else {
-        gm->ph = p->in_w + p->pad_left + p->pad_right;
-        gm->pw = p->in_h + p->pad_top + p->pad_bottom;
-        gm->pr0 = p->pad_left;
-        gm->pc0 = p->pad_top;
-        gm->nr = p->in_w;
-        gm->nc = p->in_h;
-        gm->sr = p->stride_w;
-        gm->si = p->stride_h;
-        gm->rows = p->out_w;
-        gm->len = p->out_h;
-        gm->src_row = p->in_c;
-        gm->src_col = p->in_w * p->in_c;
-        gm->ostep = p->out_w * p->out_c;
-        gm->orow = p->out_c;
+    gm->ph = p->in_h + p->pad_top + p->pad_bottom;
+    gm->pw = p->in_w + p->pad_left + p->pad_right;
+    gm->pr0 = p->pad_top;
+    gm->pc0 = p->pad_left;
+    gm->nr = p->in_h;
+    gm->nc = p->in_w;
+    gm->sr = p->stride_h;
+    gm->si = p->stride_w;
+    gm->rows = p->out_h;
+    gm->len = p->out_w;
+    gm->src_row = p->in_w * p->in_c;
+    gm->src_col = p->in_c;
+    gm->orow = p->out_w * p->out_c;
+    gm->ostep = p->out_c;
+    if (transposed) {
+        /* rows and columns trade places, in the plane and in the output */
+#define EB_SWAP(a, b)                                                      \
+    do {                                                                   \
+        const int32_t t_ = (a);                                            \
+        (a) = (b);                                                         \
+        (b) = t_;                                                          \
+    } while (0)
+        EB_SWAP(gm->ph, gm->pw);
+        EB_SWAP(gm->pr0, gm->pc0);
+        EB_SWAP(gm->nr, gm->nc);
+        EB_SWAP(gm->sr, gm->si);
+        EB_SWAP(gm->rows, gm->len);
+        EB_SWAP(gm->src_row, gm->src_col);
+        EB_SWAP(gm->orow, gm->ostep);
+#undef EB_SWAP
     }
 }
 
@@ -1496,19 +1496,17 @@ static void eb_dw3x3_channel(const eb_conv_params *p, const eb_dwgeo *gm,
     const int32_t W2 = eb_pack_lo(w20, w21);
     const int32_t S01 = eb_pack_lo(w02, w12);
     const int32_t S2 = w22;
-    const eb_rq_channel q = *qc;
     const int32_t zp = oq->zp, lo = oq->lo, hi = oq->hi;
     const int32_t wp = gm->pw, sw = gm->si;
     const size_t ostep = (size_t)gm->ostep;
     int32_t oy, ox;
 #if defined(EB_DW_ASM)
-    eb_rq2_const q2;
-    const int32_t qi = oq->rq->n == 1 ? 0 : c;
-    if (oq->full && eb_rq2_make(oq->rq->mult[qi], oq->rq->shift[qi], zp, &q2)) {
+    if (oq->full && qc->h2 != 0) {
+        /* the channel's folded form (eb_rq_prepare: h2 is 0 where it has none) */
         k->init = init;
         k->init2 = init;
-        k->mult = q2.mult;
-        k->h = q2.h;
+        k->mult = qc->mult;
+        k->h = qc->h2;
         k->w0 = W0;
         k->w1 = W1;
         k->w2 = W2;
@@ -1517,9 +1515,9 @@ static void eb_dw3x3_channel(const eb_conv_params *p, const eb_dwgeo *gm,
         k->rows = gm->rows;
         /* w22 in the high half, the shift in the low byte (ASR reads it) */
         if (sw == 1) {
-            eb_dw3x3_plane_s1(wp * 2, k, W0, W1, W2, S01, eb_pack_lo(q2.sh, w22));
+            eb_dw3x3_plane_s1(wp * 2, k, W0, W1, W2, S01, eb_pack_lo(qc->sh, w22));
         } else {
-            eb_dw3x3_plane_s2(wp * 2, k, W0, W1, W2, S01, eb_pack_lo(q2.sh, w22));
+            eb_dw3x3_plane_s2(wp * 2, k, W0, W1, W2, S01, eb_pack_lo(qc->sh, w22));
         }
         return;
     }
@@ -1558,8 +1556,8 @@ static void eb_dw3x3_channel(const eb_conv_params *p, const eb_dwgeo *gm,
                 u = a[2 * wp + 4];
                 acc1 = eb_smlabb(u, S2, eb_smlad(z, W2, acc1));
             }
-            acc0 = eb_wrap_add(eb_rq_fast(acc0, &q), zp);
-            acc1 = eb_wrap_add(eb_rq_fast(acc1, &q), zp);
+            acc0 = eb_wrap_add(eb_rq_fast(acc0, qc), zp);
+            acc1 = eb_wrap_add(eb_rq_fast(acc1, qc), zp);
             o[0] = (int8_t)eb_clamp(acc0, lo, hi);
             o[ostep] = (int8_t)eb_clamp(acc1, lo, hi);
             o += 2 * ostep;
@@ -1570,7 +1568,7 @@ static void eb_dw3x3_channel(const eb_conv_params *p, const eb_dwgeo *gm,
             acc = eb_smlabb(a[2], S01, eb_smlad(eb_read32(a), W0, acc));
             acc = eb_smlabt(a[wp + 2], S01, eb_smlad(eb_read32(a + wp), W1, acc));
             acc = eb_smlabb(a[2 * wp + 2], S2, eb_smlad(eb_read32(a + 2 * wp), W2, acc));
-            *o = (int8_t)eb_clamp(eb_wrap_add(eb_rq_fast(acc, &q), zp), lo, hi);
+            *o = (int8_t)eb_clamp(eb_wrap_add(eb_rq_fast(acc, qc), zp), lo, hi);
         }
     }
 }
